@@ -1,0 +1,1 @@
+"""Prismatic VLM and VLA-Adapter policy models."""

@@ -1,0 +1,34 @@
+"""Shared test helpers: repository paths, the real fixtures (skipped when absent) and small generated assets."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+# Real public artifacts (VLA-Adapter's config bundle, a LIBERO observation); present next to the project on our
+# machines, absent in a user's clone.
+FIXTURES_DIR = REPO_ROOT.parent / "shared" / "fixtures"
+REAL_CONFIG_BUNDLE = FIXTURES_DIR / "vla_adapter_configs"
+
+
+def require_fixture(path: Path) -> Path:
+    """Return `path`, or skip the test with the reason when the shared fixtures are not available."""
+    if not path.exists():
+        pytest.skip(f"real fixture {path} is absent (only our CI machines have ../shared/fixtures)")
+    return path
+
+
+def run_python(
+    code_or_args: str | list[str], timeout: float = 300, env: dict[str, str] | None = None, cwd: Path = REPO_ROOT
+) -> subprocess.CompletedProcess[str]:
+    """Run the venv's Python in a fresh process (a string is passed as `-c` code)."""
+    args = ["-c", code_or_args] if isinstance(code_or_args, str) else code_or_args
+    full_env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", **(env or {})}
+    return subprocess.run(
+        [sys.executable, *args], capture_output=True, text=True, timeout=timeout, cwd=cwd, env=full_env
+    )
