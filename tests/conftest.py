@@ -32,3 +32,13 @@ def run_python(
     return subprocess.run(
         [sys.executable, *args], capture_output=True, text=True, timeout=timeout, cwd=cwd, env=full_env
     )
+
+
+@pytest.fixture(scope="session")
+def tiny_assets(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """(tiny VLM folder in the native Prismatic format, its config bundle), written once per test session."""
+    from prismatic.assets.tiny_vlm import write_tiny_assets
+
+    root = tmp_path_factory.mktemp("tiny_assets")
+    vlm_dir, bundle_dir, _ = write_tiny_assets(root / "prism-qwen25-tiny-dinosiglip-224px", root / "configs-tiny")
+    return vlm_dir, bundle_dir

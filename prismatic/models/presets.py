@@ -109,7 +109,9 @@ FULL = VLMPreset(
 
 TINY = VLMPreset(
     name="tiny",
-    model_id="prism-qwen25-extra-dinosiglip-224px+tiny",
+    model_id="prism-qwen25-tiny-dinosiglip-224px",
+    vision_backbone_id="dinosiglip-vit-tiny-224px",
+    llm_backbone_id="qwen25-tiny-extra",
     dino=ViTSpec(DINO_TIMM_ID, embed_dim=64, depth=3, overrides={"embed_dim": 64, "depth": 3, "num_heads": 4}),
     siglip=ViTSpec(SIGLIP_TIMM_ID, embed_dim=64, depth=3, overrides={"embed_dim": 64, "depth": 3, "num_heads": 4}),
     llm=LLMSpec(
@@ -125,6 +127,62 @@ def get_preset(name: str) -> VLMPreset:
     if name not in PRESETS:
         raise ValueError(f"unknown model preset {name!r} (--preset); choose one of {sorted(PRESETS)}")
     return PRESETS[name]
+
+
+def preset_for_backbones(vision_backbone_id: str, llm_backbone_id: str) -> VLMPreset:
+    """The preset of a native Prismatic `config.json` (its `model.vision_backbone_id` / `model.llm_backbone_id`)."""
+    for preset in PRESETS.values():
+        if (preset.vision_backbone_id, preset.llm_backbone_id) == (vision_backbone_id, llm_backbone_id):
+            return preset
+    known = sorted((p.vision_backbone_id, p.llm_backbone_id) for p in PRESETS.values())
+    raise ValueError(
+        f"unsupported Prismatic backbones ({vision_backbone_id!r}, {llm_backbone_id!r}); supported: {known}"
+    )
+
+
+def preset_from_openvla_config(config: dict[str, Any]) -> VLMPreset:
+    """Architecture described by an OpenVLA-style `config.json` (config bundle, released or own checkpoint)."""
+    try:
+        text = config["text_config"]
+        dino_id, siglip_id = config["timm_model_ids"]
+    except (KeyError, ValueError) as err:
+        raise ValueError(f"config.json is not an OpenVLA-style model config (missing {err})") from err
+    overrides = config.get("timm_model_overrides") or [{}, {}]
+    dims = {DINO_TIMM_ID: (1024, 24), SIGLIP_TIMM_ID: (1152, 27)}
+    specs = []
+    for timm_id, extra in zip((dino_id, siglip_id), overrides, strict=True):
+        if timm_id not in dims:
+            raise ValueError(f"unsupported vision backbone {timm_id!r}; supported: {sorted(dims)}")
+        embed, depth = dims[timm_id]
+        specs.append(ViTSpec(timm_id, extra.get("embed_dim", embed), extra.get("depth", depth), dict(extra)))
+    llm = LLMSpec(
+        hidden_size=text["hidden_size"],
+        intermediate_size=text["intermediate_size"],
+        num_hidden_layers=text["num_hidden_layers"],
+        num_attention_heads=text["num_attention_heads"],
+        num_key_value_heads=text["num_key_value_heads"],
+        vocab_size=text.get("vocab_size", QWEN25_PADDED_VOCAB_SIZE),
+        max_position_embeddings=text.get("max_position_embeddings", 32768),
+        rope_theta=text.get("rope_theta", 1_000_000.0),
+        rms_norm_eps=text.get("rms_norm_eps", 1e-6),
+        tie_word_embeddings=text.get("tie_word_embeddings", True),
+    )
+    image_size = int((config.get("image_sizes") or [224])[0])
+    known = next(
+        (p for p in PRESETS.values() if (p.dino, p.siglip, p.llm, p.image_size) == (*specs, llm, image_size)), None
+    )
+    if known is not None:
+        return known
+    return VLMPreset(
+        name=config.get("preset", "custom"),
+        model_id=config.get("model_id", "custom"),
+        dino=specs[0],
+        siglip=specs[1],
+        llm=llm,
+        vision_backbone_id=config.get("vision_backbone_id", "dinosiglip-vit-so-224px"),
+        llm_backbone_id=config.get("llm_backbone_id", "qwen25-0_5b-extra"),
+        image_size=image_size,
+    )
 
 
 # Image normalisation of the fused backbone ("resize-naive": resize to 224 bicubic + antialias, ToTensor,

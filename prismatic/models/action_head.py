@@ -1,0 +1,183 @@
+"""VLA-Adapter's Bridge-Attention L1-regression action head and the proprio projector.
+
+Parameter names match the released checkpoints (`model.mlp_resnet_blocks.{i}.q_proj`, ...). The head starts from a
+zero "action token" tensor (B, H, A * D) (plus N(0, 0.02) noise in training, switchable), and block i attends, in
+one softmax, over: its own H rows, the adapter keys (ActionQuery features of LLM layer i+1 and the projected proprio
+token), and the task keys (raw features of layer i+1) whose logits are scaled by tanh(gate) before the softmax.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from prismatic.vla.constants import NUM_ACTION_QUERIES
+
+
+class ProprioProjector(nn.Module):
+    """Linear(P, D) - GELU - Linear(D, D): the proprio token of the action head (it never enters the LLM)."""
+
+    def __init__(self, llm_dim: int, proprio_dim: int) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(proprio_dim, llm_dim)
+        self.fc2 = nn.Linear(llm_dim, llm_dim)
+        self.act_fn1 = nn.GELU()
+
+    def forward(self, proprio: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.act_fn1(self.fc1(proprio)))
+
+
+def rope_cos_sin(
+    seq_len: int, head_dim: int, device: torch.device, dtype: torch.dtype, base: float = 10000.0
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos/sin tables laid out as cat([freqs, freqs]) over the head dimension (KEEP, see `rotate_interleaved`)."""
+    inv_freq = 1.0 / (base ** (torch.arange(0, head_dim, 2, device=device, dtype=torch.float32) / head_dim))
+    freqs = torch.outer(torch.arange(seq_len, device=device, dtype=torch.float32), inv_freq)
+    emb = torch.cat([freqs, freqs], dim=-1)
+    return emb.cos().to(dtype), emb.sin().to(dtype)
+
+
+def rotate_interleaved(x: torch.Tensor) -> torch.Tensor:
+    """(x0, x1, x2, x3, ...) -> (-x1, x0, -x3, x2, ...): rotation of interleaved pairs.
+
+    KEEP: the released Pro heads pair dims (2i, 2i+1) here while `rope_cos_sin` lays frequencies out half-split;
+    the mismatch is part of what the weights were trained with.
+    """
+    return torch.stack((-x[..., 1::2], x[..., ::2]), dim=-1).reshape_as(x)
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """x: (B, heads, T, head_dim); cos/sin: (T, head_dim)."""
+    return x * cos + rotate_interleaved(x) * sin
+
+
+class BridgeAttentionBlock(nn.Module):
+    """Original block: shared q/k/v/o projections for self, adapter and task keys."""
+
+    def __init__(self, dim: int, num_heads: int = 8) -> None:
+        super().__init__()
+        self.num_heads, self.head_dim = num_heads, dim // num_heads
+        self.ffn = nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, dim), nn.ReLU())
+        self.q_proj = nn.Linear(dim, dim)
+        self.k_proj = nn.Linear(dim, dim)
+        self.v_proj = nn.Linear(dim, dim)
+        self.o_proj = nn.Linear(dim, dim)
+        self.gating_factor = nn.Parameter(torch.zeros(1))
+
+    def _heads(self, t: torch.Tensor) -> torch.Tensor:
+        b, n, _ = t.shape
+        return t.view(b, n, self.num_heads, self.head_dim).transpose(1, 2)
+
+    def attend(
+        self, q: torch.Tensor, keys: list[torch.Tensor], values: list[torch.Tensor], task_scale: torch.Tensor
+    ) -> torch.Tensor:
+        """One softmax over [self, adapter, task] keys; task logits scaled by tanh(gate) before the softmax."""
+        scores = [q @ k.transpose(-2, -1) for k in keys]
+        scores[2] = scores[2] * task_scale
+        weights = torch.softmax(torch.cat(scores, dim=-1) / math.sqrt(self.head_dim), dim=-1)
+        out = weights @ torch.cat(values, dim=2)
+        b, _, t, _ = out.shape
+        return out.transpose(1, 2).reshape(b, t, self.num_heads * self.head_dim)
+
+    def forward(self, x: torch.Tensor, h_a: torch.Tensor, h_t: torch.Tensor, p: torch.Tensor | None) -> torch.Tensor:
+        adapter = h_a if p is None else torch.cat([h_a, p], dim=1)
+        q = self._heads(self.q_proj(x))
+        keys = [self._heads(self.k_proj(s)) for s in (x, adapter, h_t)]
+        values = [self._heads(self.v_proj(s)) for s in (x, adapter, h_t)]
+        out = self.o_proj(self.attend(q, keys, values, torch.tanh(self.gating_factor)))
+        return self.ffn(out + x)
+
+
+class BridgeAttentionBlockPro(BridgeAttentionBlock):
+    """Pro block: separate key/value projections per source and RoPE (each source indexed from 0)."""
+
+    def __init__(self, dim: int, num_heads: int = 8) -> None:
+        nn.Module.__init__(self)
+        self.num_heads, self.head_dim = num_heads, dim // num_heads
+        self.ffn = nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, dim), nn.ReLU())
+        self.q_proj = nn.Linear(dim, dim)
+        self.k_self = nn.Linear(dim, dim)
+        self.v_self = nn.Linear(dim, dim)
+        self.k_adapter = nn.Linear(dim, dim)
+        self.v_adapter = nn.Linear(dim, dim)
+        self.k_task = nn.Linear(dim, dim)
+        self.v_task = nn.Linear(dim, dim)
+        self.o_proj = nn.Linear(dim, dim)
+        self.gating_factor = nn.Parameter(torch.zeros(1))
+        # Unused by the forward pass; kept so that released Pro checkpoints load strictly (KEEP). Frozen, so that
+        # DDP never waits for gradients it will not get.
+        self.film_gen = nn.Sequential(nn.Linear(dim, dim * 2)).requires_grad_(False)
+
+    def forward(self, x: torch.Tensor, h_a: torch.Tensor, h_t: torch.Tensor, p: torch.Tensor | None) -> torch.Tensor:
+        adapter = h_a if p is None else torch.cat([h_a, p], dim=1)
+        q = self._heads(self.q_proj(x))
+        k_self, v_self = self._heads(self.k_self(x)), self._heads(self.v_self(x))
+        k_adapter, v_adapter = self._heads(self.k_adapter(adapter)), self._heads(self.v_adapter(adapter))
+        k_task, v_task = self._heads(self.k_task(h_t)), self._heads(self.v_task(h_t))
+        cos, sin = rope_cos_sin(x.shape[1], self.head_dim, x.device, x.dtype)
+        q, k_self = apply_rope(q, cos, sin), apply_rope(k_self, cos, sin)
+        cos, sin = rope_cos_sin(adapter.shape[1], self.head_dim, x.device, x.dtype)
+        k_adapter = apply_rope(k_adapter, cos, sin)
+        cos, sin = rope_cos_sin(h_t.shape[1], self.head_dim, x.device, x.dtype)
+        k_task = apply_rope(k_task, cos, sin)
+        out = self.attend(q, [k_self, k_adapter, k_task], [v_self, v_adapter, v_task], torch.tanh(self.gating_factor))
+        return self.ffn(self.o_proj(out) + x)
+
+
+class MLPResNet(nn.Module):
+    """LayerNorm - Linear - ReLU, one Bridge-Attention block per LLM layer (block i reads layer i+1), LN - Linear."""
+
+    def __init__(
+        self, num_blocks: int, input_dim: int, hidden_dim: int, output_dim: int, use_pro_version: bool = True
+    ) -> None:
+        super().__init__()
+        block = BridgeAttentionBlockPro if use_pro_version else BridgeAttentionBlock
+        self.layer_norm1 = nn.LayerNorm(input_dim)
+        self.fc1 = nn.Linear(input_dim, hidden_dim)
+        self.relu = nn.ReLU()
+        self.mlp_resnet_blocks = nn.ModuleList([block(hidden_dim) for _ in range(num_blocks)])
+        self.layer_norm2 = nn.LayerNorm(hidden_dim)
+        self.fc2 = nn.Linear(hidden_dim, output_dim)
+
+    def forward(self, x: torch.Tensor, h_a: torch.Tensor, h_t: torch.Tensor, p: torch.Tensor | None) -> torch.Tensor:
+        x = self.relu(self.fc1(self.layer_norm1(x)))
+        for i, block in enumerate(self.mlp_resnet_blocks):
+            x = block(x, h_a=h_a[:, i + 1], h_t=h_t[:, i + 1], p=p)
+        return self.fc2(self.layer_norm2(x))
+
+
+class L1RegressionActionHead(nn.Module):
+    """Predicts a normalised action chunk (B, chunk, action_dim) from stacked LLM features."""
+
+    def __init__(
+        self,
+        llm_dim: int,
+        action_dim: int,
+        action_chunk: int,
+        num_blocks: int,
+        use_pro_version: bool = True,
+        train_noise_std: float = 0.02,
+    ) -> None:
+        super().__init__()
+        self.llm_dim, self.action_dim, self.action_chunk = llm_dim, action_dim, action_chunk
+        self.use_pro_version = use_pro_version
+        self.train_noise_std = train_noise_std  # 0 disables the training-time input noise
+        self.model = MLPResNet(num_blocks, llm_dim * action_dim, llm_dim, action_dim, use_pro_version)
+
+    def forward(self, features: torch.Tensor, proprio_features: torch.Tensor | None = None) -> torch.Tensor:
+        """features: (B, L + 1, P + 64, D) task then ActionQuery features; proprio_features: (B, D) or None."""
+        if features.shape[1] < len(self.model.mlp_resnet_blocks) + 1:
+            raise ValueError(
+                f"the head has {len(self.model.mlp_resnet_blocks)} blocks but got features of only "
+                f"{features.shape[1] - 1} LLM layers"
+            )
+        b = features.shape[0]
+        h_t, h_a = features[:, :, :-NUM_ACTION_QUERIES], features[:, :, -NUM_ACTION_QUERIES:]
+        x = features.new_zeros(b, self.action_chunk, self.action_dim * self.llm_dim)
+        if self.training and self.train_noise_std > 0:
+            # One draw shared by the batch, as in the original (KEEP); turn off with train_noise_std = 0.
+            x = x + torch.randn(x.shape[1:], device=x.device, dtype=x.dtype) * self.train_noise_std
+        p = None if proprio_features is None else proprio_features.view(b, 1, -1).to(features.dtype)
+        return self.model(x, h_a=h_a, h_t=h_t, p=p)

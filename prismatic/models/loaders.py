@@ -1,0 +1,223 @@
+"""Loaders for the three on-disk formats users have, all offline and strict.
+
+(a) a pretrained Prismatic VLM folder (`--vlm_path`): `config.json` with a `model` section + `checkpoints/*.pt`;
+(b) a released VLA-Adapter fine-tuned folder: merged `model.safetensors` (HF names), `action_head--*checkpoint.pt`,
+    `proprio_projector--*checkpoint.pt` (DDP `module.` prefix), `dataset_statistics.json`, tokenizer files;
+(c) this project's checkpoints: the same layout plus a `vla_adapter` section in `config.json`, and either a merged
+    `model.safetensors` or a `lora_adapter/` applied on the base VLM recorded there.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file
+
+from prismatic.models.lora import load_lora
+from prismatic.models.policy import VLAAdapterPolicy
+from prismatic.models.presets import VLMPreset, preset_for_backbones, preset_from_openvla_config
+from prismatic.models.state_dicts import TIED_LM_HEAD, load_state_dict_strict, native_to_hf, strip_prefix
+from prismatic.models.vlm import PrismaticVLM
+from prismatic.vla.constants import LIBERO_CONSTANTS, NormalizationType, RobotConstants
+
+VISION_WEIGHTS_HELP = (
+    "Put the timm weights of both ViTs in {folder} as `{dino}.safetensors` and `{siglip}.safetensors` (the "
+    "`model.safetensors` files of the Hugging Face repos `timm/{dino}` and `timm/{siglip}`, downloaded on a machine "
+    "with network access), or pass --vision_weights_dir pointing at a folder holding them."
+)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# (a) pretrained Prismatic VLM folder
+# ---------------------------------------------------------------------------------------------------------------
+def newest_checkpoint(checkpoints_dir: Path) -> Path:
+    """The checkpoint with the highest `step-N` in its name (else `latest-checkpoint.pt`)."""
+    if not checkpoints_dir.is_dir():
+        raise FileNotFoundError(f"{checkpoints_dir} does not exist: a Prismatic VLM folder has checkpoints/*.pt")
+    stepped = []
+    for path in checkpoints_dir.glob("*.pt"):
+        match = re.match(r"step-(\d+)", path.name)
+        if match:
+            stepped.append((int(match.group(1)), path.name, path))
+    if stepped:
+        return max(stepped)[2]
+    latest = checkpoints_dir / "latest-checkpoint.pt"
+    if latest.is_file():
+        return latest
+    raise FileNotFoundError(f"no step-*.pt or latest-checkpoint.pt in {checkpoints_dir}")
+
+
+def read_prismatic_config(vlm_path: Path) -> dict[str, Any]:
+    config_path = vlm_path / "config.json"
+    if not config_path.is_file():
+        raise FileNotFoundError(
+            f"{config_path} not found: --vlm_path must be a Prismatic VLM folder "
+            "(e.g. pretrained_models/prism-qwen25-extra-dinosiglip-224px-0_5b with config.json and checkpoints/)"
+        )
+    config = json.loads(config_path.read_text())
+    if "model" not in config:
+        raise ValueError(f"{config_path} has no `model` section; is this a Prismatic VLM folder?")
+    return config["model"]
+
+
+def _vision_weights_from_files(vlm: PrismaticVLM, folder: Path) -> dict[str, torch.Tensor]:
+    out: dict[str, torch.Tensor] = {}
+    specs = {"featurizer": vlm.preset.dino, "fused_featurizer": vlm.preset.siglip}
+    for attr, spec in specs.items():
+        path = folder / f"{spec.timm_id}.safetensors"
+        if not path.is_file():
+            raise FileNotFoundError(str(path))
+        for key, value in load_file(str(path)).items():
+            out[f"vision_backbone.{attr}.{re.sub(r'.gamma$', '.scale_factor', key)}"] = value
+    return out
+
+
+def load_prismatic_vlm(
+    vlm_path: str | Path, num_images: int = 1, vision_weights_dir: str | Path | None = None
+) -> PrismaticVLM:
+    """Build the VLM described by a Prismatic folder and load its newest checkpoint (native key names)."""
+    vlm_path = Path(vlm_path)
+    model_cfg = read_prismatic_config(vlm_path)
+    preset = preset_for_backbones(model_cfg["vision_backbone_id"], model_cfg["llm_backbone_id"])
+    checkpoint = newest_checkpoint(vlm_path / "checkpoints")
+    try:
+        payload = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    except Exception as err:  # corrupt / truncated / foreign pickle
+        raise ValueError(f"cannot read {checkpoint}: {err}") from err
+    if "model" not in payload or not {"projector", "llm_backbone"} <= set(payload["model"]):
+        raise ValueError(f"{checkpoint} lacks model.projector / model.llm_backbone: not a Prismatic checkpoint")
+    state = native_to_hf(payload["model"])
+    vlm = PrismaticVLM(preset, num_images=num_images)
+    if "vision_backbone" not in payload["model"]:
+        folder = Path(vision_weights_dir) if vision_weights_dir is not None else vlm_path / "vision_backbone"
+        try:
+            state.update(_vision_weights_from_files(vlm, folder))
+        except FileNotFoundError as err:
+            help_text = VISION_WEIGHTS_HELP.format(
+                folder=folder, dino=preset.dino.timm_id, siglip=preset.siglip.timm_id
+            )
+            raise FileNotFoundError(
+                f"{checkpoint} has no vision_backbone weights and {err} does not exist. {help_text}"
+            ) from err
+    load_state_dict_strict(
+        vlm, state, f"{checkpoint}", allow_missing=[r"action_queries\.weight", re.escape(TIED_LM_HEAD)]
+    )
+    return vlm
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# (b) / (c) fine-tuned policy folders
+# ---------------------------------------------------------------------------------------------------------------
+@dataclass
+class PolicySpec:
+    """How a policy was built; stored as the `vla_adapter` section of this project's checkpoint `config.json`."""
+
+    num_images_in_input: int = 2
+    use_proprio: bool = True
+    use_pro_version: bool = True
+    action_chunk: int = LIBERO_CONSTANTS.action_chunk
+    action_dim: int = LIBERO_CONSTANTS.action_dim
+    proprio_dim: int = LIBERO_CONSTANTS.proprio_dim
+    normalization: str = LIBERO_CONSTANTS.normalization.value
+    dataset_name: str | None = None
+    base_vlm_path: str | None = None
+    lora: dict[str, Any] | None = None  # {"rank": r, "dropout": p} when trained with LoRA
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def robot(self) -> RobotConstants:
+        return RobotConstants(
+            self.action_chunk, self.action_dim, self.proprio_dim, NormalizationType(self.normalization)
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class LoadedPolicy:
+    policy: VLAAdapterPolicy
+    spec: PolicySpec
+    dataset_statistics: dict[str, Any]
+    folder: Path
+
+
+def find_component(folder: Path, component: str) -> Path | None:
+    """`{component}--{step}_checkpoint.pt` or `{component}--checkpoint.pt`; the highest step if several."""
+    candidates = sorted(folder.glob(f"{component}--*checkpoint.pt"))
+    if not candidates:
+        return None
+
+    def step(path: Path) -> int:
+        match = re.search(r"--(\d+)_checkpoint\.pt$", path.name)
+        return int(match.group(1)) if match else -1
+
+    return max(candidates, key=step)
+
+
+def _load_component(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        return strip_prefix(torch.load(path, map_location="cpu", weights_only=True))
+    except Exception as err:
+        raise ValueError(f"cannot read {path}: {err}") from err
+
+
+def read_dataset_statistics(folder: Path) -> dict[str, Any]:
+    path = folder / "dataset_statistics.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: a fine-tuned policy folder needs its dataset statistics")
+    return json.loads(path.read_text())
+
+
+def load_policy(folder: str | Path, num_images_in_input: int | None = None) -> LoadedPolicy:
+    """Load a released VLA-Adapter folder (b) or one of this project's checkpoints (c)."""
+    folder = Path(folder)
+    config_path = folder / "config.json"
+    if not config_path.is_file():
+        raise FileNotFoundError(f"{config_path} not found: not a VLA-Adapter / project checkpoint folder")
+    config = json.loads(config_path.read_text())
+    spec = PolicySpec(**config["vla_adapter"]) if "vla_adapter" in config else PolicySpec()
+    if num_images_in_input is not None:
+        spec.num_images_in_input = num_images_in_input
+    head_path = find_component(folder, "action_head")
+    if head_path is None:
+        raise FileNotFoundError(f"no action_head--*checkpoint.pt in {folder}")
+    head_state = _load_component(head_path)
+    spec.use_pro_version = any(".k_self." in k for k in head_state)
+    spec.action_dim = int(head_state["model.fc2.weight"].shape[0])
+    proprio_path = find_component(folder, "proprio_projector")
+    spec.use_proprio = proprio_path is not None
+
+    vlm = _load_vlm_for_policy(folder, config, spec)
+    policy = VLAAdapterPolicy(vlm, spec.robot, use_pro_version=spec.use_pro_version, use_proprio=spec.use_proprio)
+    load_state_dict_strict(policy.action_head, head_state, str(head_path))
+    if proprio_path is not None:
+        assert policy.proprio_projector is not None
+        load_state_dict_strict(policy.proprio_projector, _load_component(proprio_path), str(proprio_path))
+    return LoadedPolicy(policy.eval(), spec, read_dataset_statistics(folder), folder)
+
+
+def _load_vlm_for_policy(folder: Path, config: dict[str, Any], spec: PolicySpec) -> PrismaticVLM:
+    merged = folder / "model.safetensors"
+    if merged.is_file():
+        vlm = PrismaticVLM(preset_from_openvla_config(config), num_images=spec.num_images_in_input)
+        load_state_dict_strict(vlm, load_file(str(merged)), str(merged), allow_missing=[re.escape(TIED_LM_HEAD)])
+        return vlm
+    adapter = folder / "lora_adapter"
+    if adapter.is_dir():
+        if not spec.base_vlm_path:
+            raise ValueError(f"{folder} has a lora_adapter/ but config.json records no base_vlm_path")
+        base = load_prismatic_vlm(spec.base_vlm_path, num_images=spec.num_images_in_input)
+        return load_lora(base, adapter).merge_and_unload()
+    raise FileNotFoundError(f"{folder} has neither model.safetensors nor lora_adapter/: no VLM weights to load")
+
+
+def build_policy(preset: VLMPreset, spec: PolicySpec) -> VLAAdapterPolicy:
+    """A freshly initialised policy (random VLM) with `spec`'s structure; used by tests and asset writers."""
+    vlm = PrismaticVLM(preset, num_images=spec.num_images_in_input)
+    return VLAAdapterPolicy(vlm, spec.robot, use_pro_version=spec.use_pro_version, use_proprio=spec.use_proprio)

@@ -1,0 +1,1 @@
+"""VLA-specific pieces: robot constants, normalisation, datasets."""

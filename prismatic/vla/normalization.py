@@ -1,0 +1,62 @@
+"""Action / proprio normalisation (BOUNDS_Q99 and BOUNDS) and its inverse, for numpy arrays and torch tensors.
+
+    x' = clip(2 (x - lo) / (hi - lo + 1e-8) - 1, -1, 1)      on masked dims, where lo/hi = q01/q99 (or min/max)
+    x  = 0.5 (x' + 1) (hi - lo + 1e-8) + lo                   the inverse, on the same dims
+Dimensions with lo == hi map to 0. Unmasked dims (the LIBERO gripper action) pass through unchanged.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, TypeVar
+
+import numpy as np
+import torch
+
+from prismatic.vla.constants import NormalizationType
+
+EPS = 1e-8
+ArrayT = TypeVar("ArrayT", np.ndarray, torch.Tensor)
+
+
+def _params(stats: Mapping[str, Any], kind: NormalizationType) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    lo_key, hi_key = ("q01", "q99") if NormalizationType(kind) == NormalizationType.BOUNDS_Q99 else ("min", "max")
+    if lo_key not in stats or hi_key not in stats:
+        raise KeyError(
+            f"statistics lack {lo_key!r}/{hi_key!r}, needed for {NormalizationType(kind).value} normalisation"
+        )
+    lo = np.asarray(stats[lo_key], dtype=np.float32)
+    hi = np.asarray(stats[hi_key], dtype=np.float32)
+    mask = np.asarray(stats.get("mask", np.ones_like(lo, dtype=bool)), dtype=bool)
+    return lo, hi, mask
+
+
+def _as(x: ArrayT, value: np.ndarray) -> ArrayT:
+    if isinstance(x, torch.Tensor):
+        dtype = torch.bool if value.dtype == bool else x.dtype
+        return torch.as_tensor(value, dtype=dtype, device=x.device)
+    return value
+
+
+def _where(cond: ArrayT, a: ArrayT, b: ArrayT) -> ArrayT:
+    return torch.where(cond, a, b) if isinstance(a, torch.Tensor) else np.where(cond, a, b)
+
+
+def normalize(x: ArrayT, stats: Mapping[str, Any], kind: NormalizationType = NormalizationType.BOUNDS_Q99) -> ArrayT:
+    """Map raw actions/proprio to [-1, 1] with the dataset statistics (last axis = dimensions)."""
+    lo, hi, mask = _params(stats, kind)
+    lo_x, hi_x = _as(x, lo), _as(x, hi)
+    scaled = 2 * (x - lo_x) / (hi_x - lo_x + EPS) - 1
+    scaled = scaled.clamp(-1, 1) if isinstance(scaled, torch.Tensor) else np.clip(scaled, -1, 1)
+    scaled = _where(_as(x, lo == hi), scaled * 0, scaled)
+    out = _where(_as(x, mask), scaled, x)
+    return out if isinstance(out, torch.Tensor) else out.astype(np.asarray(x).dtype, copy=False)
+
+
+def unnormalize(x: ArrayT, stats: Mapping[str, Any], kind: NormalizationType = NormalizationType.BOUNDS_Q99) -> ArrayT:
+    """Inverse of `normalize` on the masked dims (values outside [-1, 1] extrapolate linearly)."""
+    lo, hi, mask = _params(stats, kind)
+    lo_x, hi_x = _as(x, lo), _as(x, hi)
+    restored = 0.5 * (x + 1) * (hi_x - lo_x + EPS) + lo_x
+    out = _where(_as(x, mask), restored, x)
+    return out if isinstance(out, torch.Tensor) else out.astype(np.asarray(x).dtype, copy=False)

@@ -1,0 +1,228 @@
+"""Loaders of the three on-disk formats: Prismatic VLM folders, released VLA-Adapter folders, our checkpoints."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from prismatic.models.loaders import PolicySpec, load_policy, load_prismatic_vlm, newest_checkpoint
+from prismatic.models.lora import LoRASettings, apply_lora
+from prismatic.models.policy import VLAAdapterPolicy
+from prismatic.models.presets import TINY
+from prismatic.models.savers import merged_state_dict, save_policy
+from prismatic.models.state_dicts import CheckpointMismatchError, hf_to_native, load_state_dict_strict, native_to_hf
+from prismatic.models.tokenizer import load_tokenizer
+from prismatic.models.vlm import PrismaticVLM
+from prismatic.vla.constants import ACTION_QUERY_TOKEN_ID, IGNORE_INDEX, LIBERO_CONSTANTS
+
+STATS = {
+    "libero_spatial_no_noops": {
+        "action": {"q01": [-0.5] * 6 + [0.0], "q99": [0.5] * 6 + [1.0], "mask": [True] * 6 + [False]},
+        "proprio": {"q01": [-1.0] * 8, "q99": [1.0] * 8},
+        "num_transitions": 10,
+        "num_trajectories": 1,
+    }
+}
+
+
+def batch(n: int = 2, seed: int = 0) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.tensor([[11, 12, 13, 14] + [ACTION_QUERY_TOKEN_ID] * 64] * n)
+    labels = torch.where(ids == ACTION_QUERY_TOKEN_ID, ids, torch.full_like(ids, IGNORE_INDEX))
+    return {
+        "pixel_values": torch.randn(n, 12, 224, 224, generator=g),
+        "input_ids": ids,
+        "attention_mask": torch.ones_like(ids),
+        "labels": labels,
+        "proprio": torch.randn(n, 8, generator=g),
+    }
+
+
+def actions(policy: VLAAdapterPolicy, seed: int = 0) -> torch.Tensor:
+    policy.eval()
+    with torch.no_grad():
+        return policy(**batch(seed=seed)).actions
+
+
+def test_prismatic_folder_round_trip(tiny_assets: tuple[Path, Path]) -> None:
+    vlm_dir, _ = tiny_assets
+    vlm = load_prismatic_vlm(vlm_dir, num_images=2)
+    payload = torch.load(newest_checkpoint(vlm_dir / "checkpoints"), weights_only=True)
+    assert set(payload["model"]) == {"projector", "llm_backbone", "vision_backbone"}
+    assert any(k.endswith("ls1.gamma") for k in payload["model"]["vision_backbone"])  # native timm names
+    assert "projector.0.weight" in payload["model"]["projector"]
+    expected = native_to_hf(payload["model"])
+    state = vlm.state_dict()
+    for key, value in expected.items():
+        torch.testing.assert_close(state[key], value)
+    assert torch.count_nonzero(state["action_queries.weight"]) == 0  # zero-initialised, not in the VLM file
+    config = json.loads((vlm_dir / "config.json").read_text())
+    assert config["model"]["llm_backbone_id"] == TINY.llm_backbone_id and (vlm_dir / "config.yaml").is_file()
+
+
+def test_native_and_hf_names_convert_both_ways() -> None:
+    torch.manual_seed(0)
+    state = {k: v for k, v in PrismaticVLM(TINY).state_dict().items() if k != "action_queries.weight"}
+    assert native_to_hf(hf_to_native(state)).keys() == state.keys()
+
+
+def test_newest_checkpoint_is_picked(tmp_path: Path) -> None:
+    ckpts = tmp_path / "checkpoints"
+    ckpts.mkdir()
+    for name in ("step-000100-epoch-00-loss=1.0.pt", "step-020792-epoch-01-loss=0.5268.pt", "latest-checkpoint.pt"):
+        (ckpts / name).write_bytes(b"")
+    assert newest_checkpoint(ckpts).name == "step-020792-epoch-01-loss=0.5268.pt"
+    with pytest.raises(FileNotFoundError, match="checkpoints"):
+        newest_checkpoint(tmp_path / "missing")
+
+
+def test_missing_vision_weights_are_a_clear_error_and_files_fix_it(
+    tmp_path: Path, tiny_assets: tuple[Path, Path]
+) -> None:
+    vlm_dir = tmp_path / "vlm"
+    shutil.copytree(tiny_assets[0], vlm_dir)
+    ckpt = newest_checkpoint(vlm_dir / "checkpoints")
+    payload = torch.load(ckpt, weights_only=True)
+    vision = payload["model"].pop("vision_backbone")
+    torch.save(payload, ckpt)
+    with pytest.raises(FileNotFoundError) as err:
+        load_prismatic_vlm(vlm_dir)
+    message = str(err.value)
+    assert "no vision_backbone weights" in message and f"{TINY.dino.timm_id}.safetensors" in message
+    assert "--vision_weights_dir" in message
+    # Provide them the way the message says: timm-named safetensors files.
+    weights = tmp_path / "timm"
+    weights.mkdir()
+    for prefix, spec in (("dino_featurizer.", TINY.dino), ("siglip_featurizer.", TINY.siglip)):
+        part = {k[len(prefix) :]: v.contiguous() for k, v in vision.items() if k.startswith(prefix)}
+        save_file(part, str(weights / f"{spec.timm_id}.safetensors"))
+    vlm = load_prismatic_vlm(vlm_dir, vision_weights_dir=weights)
+    reference = load_prismatic_vlm(tiny_assets[0])
+    torch.testing.assert_close(vlm.state_dict(), reference.state_dict())
+
+
+def test_corrupt_checkpoint_and_wrong_folder_errors(tmp_path: Path, tiny_assets: tuple[Path, Path]) -> None:
+    with pytest.raises(FileNotFoundError, match="--vlm_path"):
+        load_prismatic_vlm(tmp_path)
+    vlm_dir = tmp_path / "vlm"
+    shutil.copytree(tiny_assets[0], vlm_dir)
+    newest_checkpoint(vlm_dir / "checkpoints").write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="cannot read"):
+        load_prismatic_vlm(vlm_dir)
+
+
+def test_strict_loading_reports_missing_unexpected_and_shapes() -> None:
+    torch.manual_seed(0)
+    vlm = PrismaticVLM(TINY)
+    state = dict(vlm.state_dict())
+    for key in [k for k in state if ".layers.1." in k]:
+        del state[key]
+    state["projector.fc9.weight"] = torch.zeros(1)
+    state["projector.fc1.weight"] = torch.zeros(3, 3)
+    with pytest.raises(CheckpointMismatchError) as err:
+        load_state_dict_strict(vlm, state, "some.safetensors")
+    text = str(err.value)
+    assert "some.safetensors does not match" in text
+    assert "missing 12 key(s)" in text and "language_model.model.layers.*.self_attn.q_proj.weight" in text
+    assert "unexpected 1 key(s)" in text and "projector.fc9.weight" in text
+    assert "projector.fc1.weight: checkpoint (3, 3)" in text
+
+
+@pytest.fixture(scope="module")
+def trained_lora_policy(tiny_assets: tuple[Path, Path]) -> VLAAdapterPolicy:
+    """A tiny LoRA policy whose adapters, action queries and head are no longer at their initial values."""
+    vlm = apply_lora(load_prismatic_vlm(tiny_assets[0], num_images=2), LoRASettings(rank=4))
+    policy = VLAAdapterPolicy(vlm, LIBERO_CONSTANTS)
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for p in policy.parameters():
+            if p.requires_grad:
+                p.add_(torch.randn_like(p) * 0.02)
+    return policy
+
+
+def test_released_format_round_trip(
+    tmp_path: Path, tiny_assets: tuple[Path, Path], trained_lora_policy: VLAAdapterPolicy
+) -> None:
+    """Merged `model.safetensors` + `module.`-prefixed head files, the layout of VLA-Adapter's releases."""
+    folder = save_policy(tmp_path / "LIBERO-Spatial-Pro", trained_lora_policy, PolicySpec(), tiny_assets[1], STATS)
+    config = json.loads((folder / "config.json").read_text())
+    del config["vla_adapter"]  # released folders have no section of ours
+    (folder / "config.json").write_text(json.dumps(config))
+    for component in ("action_head", "proprio_projector"):
+        path = folder / f"{component}--checkpoint.pt"
+        torch.save({f"module.{k}": v for k, v in torch.load(path, weights_only=True).items()}, path)
+    loaded = load_policy(folder, num_images_in_input=2)
+    assert loaded.spec.use_pro_version and loaded.spec.use_proprio
+    assert loaded.dataset_statistics == STATS
+    torch.testing.assert_close(actions(loaded.policy), actions(trained_lora_policy), atol=1e-5, rtol=1e-4)
+    assert load_tokenizer(folder).pad_token_id == 151643
+
+
+def test_project_lora_checkpoint_round_trip(
+    tmp_path: Path, tiny_assets: tuple[Path, Path], trained_lora_policy: VLAAdapterPolicy
+) -> None:
+    spec = PolicySpec(base_vlm_path=str(tiny_assets[0]), lora={"rank": 4, "dropout": 0.0})
+    folder = save_policy(
+        tmp_path / "run--100_chkpt", trained_lora_policy, spec, tiny_assets[1], STATS, step=100, merged=False
+    )
+    assert (folder / "lora_adapter" / "adapter_model.safetensors").is_file()
+    assert (folder / "action_head--100_checkpoint.pt").is_file() and not (folder / "model.safetensors").exists()
+    loaded = load_policy(folder)
+    torch.testing.assert_close(actions(loaded.policy), actions(trained_lora_policy), atol=1e-5, rtol=1e-4)
+
+
+def test_merged_weights_equal_peft_merge(trained_lora_policy: VLAAdapterPolicy) -> None:
+    import copy
+
+    ours = merged_state_dict(trained_lora_policy.vlm)
+    reference = copy.deepcopy(trained_lora_policy.vlm).merge_and_unload().state_dict()
+    assert ours.keys() == reference.keys()
+    for key in reference:
+        torch.testing.assert_close(ours[key], reference[key], atol=1e-6, rtol=1e-5)
+    # the live model keeps its adapters
+    assert any("lora_A" in n for n, _ in trained_lora_policy.named_parameters())
+
+
+def test_policy_folder_errors(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match=r"config\.json"):
+        load_policy(tmp_path)
+    (tmp_path / "config.json").write_text(json.dumps({"text_config": {}}))
+    with pytest.raises(FileNotFoundError, match="action_head"):
+        load_policy(tmp_path)
+
+
+def test_stats_are_required_for_a_policy(
+    tmp_path: Path, tiny_assets: tuple[Path, Path], trained_lora_policy: VLAAdapterPolicy
+) -> None:
+    folder = save_policy(tmp_path / "p", trained_lora_policy, PolicySpec(), tiny_assets[1], STATS)
+    (folder / "dataset_statistics.json").unlink()
+    with pytest.raises(FileNotFoundError, match=r"dataset_statistics\.json"):
+        load_policy(folder)
+    assert np.isfinite(actions(trained_lora_policy).numpy()).all()
+
+
+def test_merge_lora_cli_writes_a_standalone_folder(
+    tmp_path: Path, tiny_assets: tuple[Path, Path], trained_lora_policy: VLAAdapterPolicy
+) -> None:
+    from conftest import REPO_ROOT, run_python
+
+    spec = PolicySpec(base_vlm_path=str(tiny_assets[0]), lora={"rank": 4, "dropout": 0.0})
+    ckpt = save_policy(
+        tmp_path / "run--7_chkpt", trained_lora_policy, spec, tiny_assets[1], STATS, step=7, merged=False
+    )
+    proc = run_python([str(REPO_ROOT / "vla-scripts" / "merge_lora_weights.py"), "--checkpoint_dir", str(ckpt)])
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    merged = tmp_path / "run--7_chkpt--merged"
+    assert (merged / "model.safetensors").is_file() and not (merged / "lora_adapter").exists()
+    loaded = load_policy(merged)
+    assert loaded.spec.lora is None and loaded.spec.extra["merged_lora"] == {"rank": 4, "dropout": 0.0}
+    torch.testing.assert_close(actions(loaded.policy), actions(trained_lora_policy), atol=1e-5, rtol=1e-4)
+    again = run_python([str(REPO_ROOT / "vla-scripts" / "merge_lora_weights.py"), "--checkpoint_dir", str(ckpt)])
+    assert again.returncode == 2 and "--overwrite True" in again.stderr
