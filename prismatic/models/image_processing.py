@@ -38,8 +38,8 @@ class PrismaticImageProcessor:
 
     def __init__(self, image_size: int = 224) -> None:
         self.image_size = image_size
-        mean = torch.tensor([*DINO_MEAN, *SIGLIP_MEAN]).view(6, 1, 1)
-        std = torch.tensor([*DINO_STD, *SIGLIP_STD]).view(6, 1, 1)
+        mean = torch.tensor([DINO_MEAN, SIGLIP_MEAN]).view(2, 3, 1, 1)
+        std = torch.tensor([DINO_STD, SIGLIP_STD]).view(2, 3, 1, 1)
         # (x / 255 - mean) / std == x * scale + shift
         self._scale = 1.0 / (255.0 * std)
         self._shift = -mean / std
@@ -50,10 +50,9 @@ class PrismaticImageProcessor:
             raise ValueError(f"expected uint8 (..., n, H, W, 3) images, got {images.dtype} {tuple(images.shape)}")
         if images.shape[-3:-1] != (self.image_size, self.image_size):
             raise ValueError(f"images must be {self.image_size}x{self.image_size}, got {tuple(images.shape[-3:-1])}")
-        chw = images.movedim(-1, -3).float()  # (..., n, 3, H, W)
-        doubled = torch.cat([chw, chw], dim=-3)  # (..., n, 6, H, W)
-        out = doubled * self._scale + self._shift
-        return out.flatten(-4, -3)  # (..., 6n, H, W)
+        chw = images.movedim(-1, -3).unsqueeze(-4).float()  # (..., n, 1, 3, H, W)
+        out = torch.addcmul(self._shift, chw, self._scale)  # (..., n, 2, 3, H, W): DINO then SigLIP
+        return out.flatten(-5, -3)  # (..., 6n, H, W)
 
     def __call__(self, images: ImageLike | Sequence[ImageLike]) -> torch.Tensor:
         """One image or the n images of one sample -> (6n, 224, 224)."""

@@ -2,7 +2,8 @@
 
     x' = clip(2 (x - lo) / (hi - lo + 1e-8) - 1, -1, 1)      on masked dims, where lo/hi = q01/q99 (or min/max)
     x  = 0.5 (x' + 1) (hi - lo + 1e-8) + lo                   the inverse, on the same dims
-Dimensions with lo == hi map to 0. Unmasked dims (the LIBERO gripper action) pass through unchanged.
+Unmasked dims (the LIBERO gripper action) pass through unchanged; dims whose min == max (unused dims) become 0,
+as in the reference pipeline.
 """
 
 from __future__ import annotations
@@ -19,7 +20,10 @@ EPS = 1e-8
 ArrayT = TypeVar("ArrayT", np.ndarray, torch.Tensor)
 
 
-def _params(stats: Mapping[str, Any], kind: NormalizationType) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def normalization_params(
+    stats: Mapping[str, Any], kind: NormalizationType
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(lo, hi, mask of normalised dims, mask of degenerate dims) for a statistics entry."""
     lo_key, hi_key = ("q01", "q99") if NormalizationType(kind) == NormalizationType.BOUNDS_Q99 else ("min", "max")
     if lo_key not in stats or hi_key not in stats:
         raise KeyError(
@@ -28,7 +32,11 @@ def _params(stats: Mapping[str, Any], kind: NormalizationType) -> tuple[np.ndarr
     lo = np.asarray(stats[lo_key], dtype=np.float32)
     hi = np.asarray(stats[hi_key], dtype=np.float32)
     mask = np.asarray(stats.get("mask", np.ones_like(lo, dtype=bool)), dtype=bool)
-    return lo, hi, mask
+    if "min" in stats and "max" in stats:
+        degenerate = np.asarray(stats["min"], np.float32) == np.asarray(stats["max"], np.float32)
+    else:
+        degenerate = lo == hi
+    return lo, hi, mask, degenerate
 
 
 def _as(x: ArrayT, value: np.ndarray) -> ArrayT:
@@ -44,18 +52,18 @@ def _where(cond: ArrayT, a: ArrayT, b: ArrayT) -> ArrayT:
 
 def normalize(x: ArrayT, stats: Mapping[str, Any], kind: NormalizationType = NormalizationType.BOUNDS_Q99) -> ArrayT:
     """Map raw actions/proprio to [-1, 1] with the dataset statistics (last axis = dimensions)."""
-    lo, hi, mask = _params(stats, kind)
+    lo, hi, mask, degenerate = normalization_params(stats, kind)
     lo_x, hi_x = _as(x, lo), _as(x, hi)
     scaled = 2 * (x - lo_x) / (hi_x - lo_x + EPS) - 1
     scaled = scaled.clamp(-1, 1) if isinstance(scaled, torch.Tensor) else np.clip(scaled, -1, 1)
-    scaled = _where(_as(x, lo == hi), scaled * 0, scaled)
     out = _where(_as(x, mask), scaled, x)
+    out = _where(_as(x, degenerate), out * 0, out)
     return out if isinstance(out, torch.Tensor) else out.astype(np.asarray(x).dtype, copy=False)
 
 
 def unnormalize(x: ArrayT, stats: Mapping[str, Any], kind: NormalizationType = NormalizationType.BOUNDS_Q99) -> ArrayT:
     """Inverse of `normalize` on the masked dims (values outside [-1, 1] extrapolate linearly)."""
-    lo, hi, mask = _params(stats, kind)
+    lo, hi, mask, _ = normalization_params(stats, kind)
     lo_x, hi_x = _as(x, lo), _as(x, hi)
     restored = 0.5 * (x + 1) * (hi_x - lo_x + EPS) + lo_x
     out = _where(_as(x, mask), restored, x)
