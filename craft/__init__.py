@@ -4,4 +4,42 @@ A small library that depends only on torch: feature pooling, retention loss, con
 the dual variable and the optimizer step that combines them. It knows nothing about Prismatic or LIBERO.
 """
 
+from __future__ import annotations
+
+from craft.config import ANCHOR_TYPES, CR_TOKEN_MODES, CRaFTConfig
+from craft.dual import DualVariable
+from craft.features import (
+    TokenMasks,
+    deepest_hidden_state_index,
+    extract_features,
+    masked_mean_pool,
+    resolve_layer_index,
+)
+from craft.gradients import AccumulatedTotals, GradientAccumulator, distributed_world_size
+from craft.projection import DEFAULT_PROJECTION_DELTA, ProjectionResult, project_conflicting
+from craft.retention import RetentionResult, retention_loss
+from craft.step import CRaFTStep, CRaFTStepStats
+
 __version__ = "0.1.0"
+
+__all__ = [
+    "ANCHOR_TYPES",
+    "CR_TOKEN_MODES",
+    "DEFAULT_PROJECTION_DELTA",
+    "AccumulatedTotals",
+    "CRaFTConfig",
+    "CRaFTStep",
+    "CRaFTStepStats",
+    "DualVariable",
+    "GradientAccumulator",
+    "ProjectionResult",
+    "RetentionResult",
+    "TokenMasks",
+    "deepest_hidden_state_index",
+    "distributed_world_size",
+    "extract_features",
+    "masked_mean_pool",
+    "project_conflicting",
+    "resolve_layer_index",
+    "retention_loss",
+]

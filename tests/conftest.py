@@ -42,3 +42,15 @@ def tiny_assets(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     root = tmp_path_factory.mktemp("tiny_assets")
     vlm_dir, bundle_dir, _ = write_tiny_assets(root / "prism-qwen25-tiny-dinosiglip-224px", root / "configs-tiny")
     return vlm_dir, bundle_dir
+
+
+@pytest.fixture(scope="session")
+def tiny_libero(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small synthetic LIBERO-Spatial dataset (2 episodes per task) shared by the training tests."""
+    from prismatic.synthetic.rlds_writer import SyntheticSuiteSpec, write_synthetic_suite
+
+    root = tmp_path_factory.mktemp("tiny_libero")
+    write_synthetic_suite(
+        root, SyntheticSuiteSpec("libero_spatial_no_noops", episodes_per_task=2, seed=3), num_workers=2
+    )
+    return root

@@ -166,8 +166,14 @@ class L1RegressionActionHead(nn.Module):
         self.train_noise_std = train_noise_std  # 0 disables the training-time input noise
         self.model = MLPResNet(num_blocks, llm_dim * action_dim, llm_dim, action_dim, use_pro_version)
 
-    def forward(self, features: torch.Tensor, proprio_features: torch.Tensor | None = None) -> torch.Tensor:
-        """features: (B, L + 1, P + 64, D) task then ActionQuery features; proprio_features: (B, D) or None."""
+    def forward(
+        self, features: torch.Tensor, proprio_features: torch.Tensor | None = None, noise_seed: int | None = None
+    ) -> torch.Tensor:
+        """features: (B, L + 1, P + 64, D) task then ActionQuery features; proprio_features: (B, D) or None.
+
+        `noise_seed` draws the training noise from its own generator (the trainer derives it from the step), so it
+        does not depend on the global RNG, on the process count or on where a run was resumed.
+        """
         if features.shape[1] < len(self.model.mlp_resnet_blocks) + 1:
             raise ValueError(
                 f"the head has {len(self.model.mlp_resnet_blocks)} blocks but got features of only "
@@ -178,6 +184,10 @@ class L1RegressionActionHead(nn.Module):
         x = features.new_zeros(b, self.action_chunk, self.action_dim * self.llm_dim)
         if self.training and self.train_noise_std > 0:
             # One draw shared by the batch, as in the original (KEEP); turn off with train_noise_std = 0.
-            x = x + torch.randn(x.shape[1:], device=x.device, dtype=x.dtype) * self.train_noise_std
+            generator = None
+            if noise_seed is not None:
+                generator = torch.Generator(device=x.device).manual_seed(noise_seed)
+            noise = torch.randn(x.shape[1:], device=x.device, dtype=x.dtype, generator=generator)
+            x = x + noise * self.train_noise_std
         p = None if proprio_features is None else proprio_features.view(b, 1, -1).to(features.dtype)
         return self.model(x, h_a=h_a, h_t=h_t, p=p)

@@ -60,6 +60,7 @@ class VLAAdapterPolicy(nn.Module):
         attention_mask: torch.Tensor,
         labels: torch.Tensor,
         proprio: torch.Tensor | None = None,
+        noise_seed: int | None = None,
     ) -> PolicyOutput:
         vlm_out = self.vlm(
             pixel_values=pixel_values,
@@ -74,7 +75,7 @@ class VLAAdapterPolicy(nn.Module):
             proprio_features = self.proprio_projector(
                 proprio.reshape(proprio.shape[0], -1).to(vlm_out.hidden_states[0])
             )
-        actions = self.action_head(action_head_features(vlm_out), proprio_features)
+        actions = self.action_head(action_head_features(vlm_out), proprio_features, noise_seed=noise_seed)
         return PolicyOutput(actions=actions, vlm=vlm_out)
 
 

@@ -44,6 +44,10 @@ class VLMOutput:
     prompt_mask: torch.Tensor  # (B, S) True on prompt tokens (not patches, queries or padding)
 
 
+class _StopForwardSignal(Exception):  # noqa: N818 (control flow, not an error)
+    """Raised by a hook to end the LLM forward once the needed layer has run."""
+
+
 class PrismaticVLM(nn.Module):
     """DINOv2+SigLIP -> fused GELU MLP -> Qwen2, exposing per-layer hidden states for the action head."""
 
@@ -69,6 +73,20 @@ class PrismaticVLM(nn.Module):
 
     def num_patches(self) -> int:
         return self.vision_backbone.num_patches_per_image * self.vision_backbone.num_images
+
+    def unused_parameter_names(self) -> list[str]:
+        """Parameters no forward ever reaches: the last block of each ViT, their final norms / pooling heads, and
+        the LM head (tied to the embeddings, which are trained through the prompt tokens)."""
+        names = []
+        for attr in ("featurizer", "fused_featurizer"):
+            vit = getattr(self.vision_backbone, attr)
+            last = len(vit.blocks) - 1
+            for name, _ in vit.named_parameters():
+                if name.startswith(f"blocks.{last}.") or not name.startswith(
+                    ("blocks.", "patch_embed.", "cls_token", "reg_token", "pos_embed")
+                ):
+                    names.append(f"vision_backbone.{attr}.{name}")
+        return names
 
     def enable_gradient_checkpointing(self) -> None:
         """Recompute activations in the backward pass (LLM and both ViTs): less memory, ~30% more compute."""
@@ -108,27 +126,56 @@ class PrismaticVLM(nn.Module):
         mask = torch.cat([attention_mask[:, :1], patch_mask, attention_mask[:, 1:]], dim=1)
         return sequence, mask
 
+    def _run_until(self, sequence: torch.Tensor, mask: torch.Tensor, k: int) -> tuple[torch.Tensor, ...]:
+        """Embeddings and the outputs of LLM layers 1..k; the forward is cut short after layer k."""
+        if k == 0:
+            return (sequence,)
+        layers = self.language_model.model.layers
+        captured: list[torch.Tensor] = [sequence]
+
+        def keep(_module: nn.Module, _args: object, output: object) -> None:
+            captured.append(output[0] if isinstance(output, tuple) else output)
+            if len(captured) == k + 1:
+                raise _StopForwardSignal
+
+        handles = [layers[i].register_forward_hook(keep) for i in range(k)]
+        try:
+            self.language_model.model(inputs_embeds=sequence, attention_mask=mask, use_cache=False)
+        except _StopForwardSignal:
+            pass
+        finally:
+            for handle in handles:
+                handle.remove()
+        return tuple(captured)
+
     def forward(
         self,
         pixel_values: torch.Tensor,
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor,
         query_mask: torch.Tensor,
+        stop_after_layer: int | None = None,
     ) -> VLMOutput:
+        """Hidden states of every layer; with `stop_after_layer=k` < L, only the embeddings and layers 1..k are run
+        and returned (hidden states 0..k, none normed), e.g. for an anchor that needs no deeper features."""
         if input_ids.shape[0] != pixel_values.shape[0]:
             raise ValueError(f"batch mismatch: {input_ids.shape[0]} prompts, {pixel_values.shape[0]} image sets")
         positions = self.query_positions(query_mask)
         patches = self.encode_images(pixel_values)
         embeddings = self.embed_prompt(input_ids, query_mask)
         sequence, mask = self.assemble(patches, embeddings, attention_mask)
-        out = self.language_model.model(
-            inputs_embeds=sequence, attention_mask=mask, output_hidden_states=True, use_cache=False
-        )
+        if stop_after_layer is not None and stop_after_layer < self.num_llm_layers:
+            hidden_states = self._run_until(sequence, mask, stop_after_layer)
+        else:
+            out = self.language_model.model(
+                inputs_embeds=sequence, attention_mask=mask, output_hidden_states=True, use_cache=False
+            )
+            hidden_states = tuple(out.hidden_states)
         p = patches.shape[1]
         prompt = attention_mask.bool() & ~query_mask
         prompt_mm = torch.cat([prompt[:, :1], prompt.new_zeros(prompt.shape[0], p), prompt[:, 1:]], dim=1)
         return VLMOutput(
-            hidden_states=tuple(out.hidden_states),
+            hidden_states=hidden_states,
             num_patches=p,
             query_positions=positions,
             attention_mask=mask,

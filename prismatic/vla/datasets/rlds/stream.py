@@ -60,6 +60,10 @@ class StreamConfig:
     seed: int = 7
     rank: int = 0
     world_size: int = 1
+    # "episodes": ranks read disjoint episode shards with their own seeds (default); "samples": every rank reads
+    # the same global stream and keeps every world_size-th sample, so the global sample sequence does not depend
+    # on the number of processes (W processes x batch B see exactly what 1 process x batch W*B sees).
+    sharding: str = "episodes"
     start_sample: int = 0  # skip this many samples of this rank's stream (exact resume)
     n_shot_episodes: int | None = None  # K episodes per task (statistics of the subset only)
     heldout_episode_fraction: float = 0.05  # the reference trains on train[:95%]
@@ -82,6 +86,8 @@ class StreamConfig:
             raise ValueError(f"--n_shot_episodes must be >= 1 (got {self.n_shot_episodes})")
         if self.shuffle_buffer_size < 1:
             raise ValueError(f"--shuffle_buffer_size must be >= 1 (got {self.shuffle_buffer_size})")
+        if self.sharding not in ("episodes", "samples"):
+            raise ValueError(f"--data_sharding must be episodes or samples (got {self.sharding!r})")
 
 
 @dataclass
@@ -129,7 +135,8 @@ def _traj_transform(
 
 def _frame_transform(cfg: StreamConfig) -> Any:
     augment = cfg.train and cfg.image_aug
-    base_seed = tf.constant([cfg.seed, 1_000_003 * cfg.rank + 17], dtype=tf.int64)
+    seed_rank = cfg.rank if cfg.sharding == "episodes" else 0  # sample sharding: one global stream
+    base_seed = tf.constant([cfg.seed, 1_000_003 * seed_rank + 17], dtype=tf.int64)
 
     def fn(sample_index: Any, frame: dict[str, Any]) -> dict[str, Any]:
         images = []
@@ -153,6 +160,8 @@ def _frame_transform(cfg: StreamConfig) -> Any:
 def build_frame_stream(cfg: StreamConfig) -> tuple[Any, StreamInfo]:
     """The tf.data stream of this rank and what was selected to build it."""
     cfg.validate()
+    by_samples = cfg.sharding == "samples"
+    stream_rank, stream_world = (0, 1) if by_samples else (cfg.rank, cfg.world_size)
     mixture = resolve_mixture(cfg.dataset_name)
     robot = robot_constants(cfg.dataset_name)
     future = robot.action_chunk - 1
@@ -186,7 +195,7 @@ def build_frame_stream(cfg: StreamConfig) -> tuple[Any, StreamInfo]:
             )
         statistics[config.name] = stats
         selected[config.name] = chosen
-        mine = shard_for_rank(chosen, cfg.rank, cfg.world_size)
+        mine = shard_for_rank(chosen, stream_rank, stream_world)
         rank_eps[config.name] = mine
         manifest.extend(episode_manifest(table, chosen))
         lengths = table.lengths[chosen]
@@ -202,14 +211,14 @@ def build_frame_stream(cfg: StreamConfig) -> tuple[Any, StreamInfo]:
         ds = tfdata.keep_episodes(tfdata.read_episodes(builder), mine, table.num_episodes)
         if cfg.train:
             buffer = max(1, min(cfg.episode_shuffle_buffer, len(mine)))
-            ds = ds.shuffle(buffer, seed=cfg.seed * 7919 + cfg.rank * 31 + ds_index, reshuffle_each_iteration=True)
+            ds = ds.shuffle(buffer, seed=cfg.seed * 7919 + stream_rank * 31 + ds_index, reshuffle_each_iteration=True)
             ds = ds.repeat()
         transform = _traj_transform(config, stats, cameras, future, cfg.drop_last_chunk_frames)
         ds = tfdata.traj_map(ds, transform, cfg.num_parallel_calls)
         streams.append(tfdata.flatten(ds, cycle_length=4 if cfg.train else 1, parallel=cfg.num_parallel_calls))
         weights.append(weight * frames)
 
-    stream = tfdata.mix(streams, weights, seed=cfg.seed + cfg.rank)
+    stream = tfdata.mix(streams, weights, seed=cfg.seed + stream_rank)
     effective_buffer = 0
     if cfg.train:
         # A buffer larger than one epoch of this rank's frames would only hold repeated copies of them.
@@ -226,9 +235,12 @@ def build_frame_stream(cfg: StreamConfig) -> tuple[Any, StreamInfo]:
                 cfg.shuffle_buffer_ram_gb,
                 cfg.shuffle_buffer_size,
             )
-        stream = stream.shuffle(effective_buffer, seed=cfg.seed * 104729 + cfg.rank, reshuffle_each_iteration=False)
+        stream = stream.shuffle(effective_buffer, seed=cfg.seed * 104729 + stream_rank, reshuffle_each_iteration=False)
     stream = stream.enumerate()
-    if cfg.start_sample:
+    if by_samples and cfg.world_size > 1:
+        # global sample g goes to rank g % world_size; this rank's n-th sample is global n * world_size + rank
+        stream = stream.skip(cfg.start_sample * cfg.world_size).shard(cfg.world_size, cfg.rank)
+    elif cfg.start_sample:
         stream = stream.skip(cfg.start_sample)
     stream = tfdata.frame_map(stream, _frame_transform(cfg), cfg.num_parallel_calls)
     if cfg.prefetch:

@@ -1,0 +1,235 @@
+"""The CRaFT optimizer step: what the training loop calls instead of `loss.backward()`.
+
+Per optimizer step with K micro-batches::
+
+    step = CRaFTStep(trainable_params, config)          # once
+    for each micro-batch:
+        act_loss = ...                                  # mean over the micro-batch's samples, NOT divided by K
+        ret = retention_loss(features, anchor_features) # same: the micro-batch's mean, not divided by K
+        step.accumulate(act_loss, ret)
+    stats = step.finish()                               # writes param.grad, updates lambda
+    (optional grad clipping) optimizer.step(); optimizer.zero_grad(set_to_none=True)
+
+Semantics:
+
+- Loss scaling: pass each micro-batch's own (mean) losses; CRaFT averages the gradients itself. g_act is the sum of
+  the micro-batch gradients divided by the number of micro-batches; g_ret is divided by the number of micro-batches
+  whose L_ret was finite (a non-finite micro-batch contributes neither gradient nor loss to the retention side).
+- DDP: `finish(sync=True)` sums, in ONE all-reduce, both gradient sets, the per-parameter flags, the micro-batch
+  counts and the retention-loss sums, then divides by the global counts: with K micro-batches on each of W ranks,
+  g = sum / (K * W). L_ret for the dual update is the mean over all finite micro-batches of all ranks, so lambda is
+  identical on every rank. The parameter list must be in the same order on every rank, and DDP must not reduce these
+  gradients itself (use the bare module or `no_sync()`): `torch.autograd.grad` bypasses DDP's hooks by design.
+- Update: per tensor, g_i = g~_act_i + lambda_before * g_ret_i, where g~_act is projected on conflicting tensors (if
+  enabled); tensors with only g_act keep it, tensors with only g_ret get lambda_before * g_ret, tensors with neither
+  get `grad = None`. Then lambda <- max(0, lambda + eta * (mean L_ret - epsilon)) (skipped when every micro-batch
+  was non-finite). `.grad` is overwritten, never added to.
+- Measure-only (baseline runs): the same diagnostics, but `.grad` = g_act (unprojected) and lambda is untouched.
+
+`finish` synchronises with the host once (one transfer of a small vector of totals); `accumulate` reads the
+retention loss's non-finite flag once per micro-batch to decide whether to run the retention backward.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from craft.config import CRaFTConfig
+from craft.dual import DualVariable
+from craft.gradients import GradientAccumulator
+from craft.projection import project_conflicting
+from craft.retention import RetentionResult
+
+_RETENTION_LOSS_SUM = "retention_loss_sum"
+_RETENTION_NONFINITE = "retention_nonfinite_count"
+
+
+@dataclass(frozen=True)
+class CRaFTStepStats:
+    """Diagnostics of one optimizer step, as Python numbers for logging (identical on every rank when synced)."""
+
+    retention_loss: float
+    """Mean L_ret over the step's finite micro-batches (NaN if none was finite)."""
+    retention_nonfinite: float
+    """1.0 if any micro-batch's L_ret was NaN/Inf (its retention gradient was dropped), else 0.0."""
+    lambda_before: float
+    """lambda used in g = g~_act + lambda * g_ret."""
+    lambda_after: float
+    """lambda after this step's dual update."""
+    conflict_ratio: float
+    """Conflicting tensors / tensors with both gradients (0 when none has both)."""
+    num_conflicting: int
+    num_both: int
+    act_grad_norm: float
+    """L2 norm of the averaged g_act before projection."""
+    ret_grad_norm: float
+    """L2 norm of the averaged g_ret."""
+    num_microbatches: int
+    """Micro-batches in this step, over all ranks when synced."""
+
+    def to_metrics(self) -> dict[str, float]:
+        """Logging names under the `CRaFT/` prefix."""
+        return {
+            "CRaFT/Retention Loss": self.retention_loss,
+            "CRaFT/Retention NonFinite": self.retention_nonfinite,
+            "CRaFT/Lambda": self.lambda_after,
+            "CRaFT/Lambda Before": self.lambda_before,
+            "CRaFT/Lambda After": self.lambda_after,
+            "CRaFT/Conflict Ratio": self.conflict_ratio,
+            "CRaFT/Num Conflicting": float(self.num_conflicting),
+            "CRaFT/Num Both": float(self.num_both),
+            "CRaFT/Action Grad Norm": self.act_grad_norm,
+            "CRaFT/Retention Grad Norm": self.ret_grad_norm,
+        }
+
+
+class CRaFTStep:
+    """Accumulates both gradients over micro-batches and turns them into `param.grad` once per optimizer step."""
+
+    def __init__(
+        self,
+        params: Iterable[torch.Tensor],
+        config: CRaFTConfig,
+        *,
+        measure_only: bool = False,
+        accumulate_dtype: torch.dtype = torch.float32,
+        process_group: dist.ProcessGroup | None = None,
+    ) -> None:
+        self.params = list(dict.fromkeys(params))  # shared parameters once, order kept
+        if not self.params:
+            raise ValueError("CRaFTStep needs at least one trainable parameter")
+        frozen = [i for i, p in enumerate(self.params) if not p.requires_grad]
+        if frozen:
+            raise ValueError(f"parameters {frozen} do not require grad; pass only the trainable parameters")
+        self.config = config.validate()
+        self.measure_only = measure_only
+        self.process_group = process_group
+        self.dual = DualVariable.from_config(config)
+        self.num_steps = 0
+        self._accumulator = GradientAccumulator(
+            self.params, scalar_names=(_RETENTION_LOSS_SUM, _RETENTION_NONFINITE), dtype=accumulate_dtype
+        )
+
+    @property
+    def lambda_value(self) -> float:
+        """The lambda the next `finish` will use."""
+        return self.dual.value
+
+    @property
+    def pending_microbatches(self) -> int:
+        """Micro-batches accumulated on this rank since the last `finish`."""
+        return self._accumulator.num_microbatches
+
+    def accumulate(self, act_loss: torch.Tensor, retention: RetentionResult) -> bool:
+        """Add one micro-batch: g_act always, g_ret only if L_ret is finite. Returns whether g_ret was used.
+
+        Both losses are the micro-batch's own losses (not divided by the number of micro-batches). The action
+        backward retains the graph so the retention backward can reuse the shared forward.
+        """
+        act_grads = self._grads(act_loss, retain_graph=True)
+        retention_finite = not bool(retention.nonfinite)  # the one host sync per micro-batch
+        if retention_finite:
+            ret_grads = self._grads(retention.loss, retain_graph=False)
+            self._accumulator.add_scalar(_RETENTION_LOSS_SUM, retention.loss)
+        else:
+            ret_grads = None
+            self._accumulator.add_scalar(_RETENTION_NONFINITE, 1.0)
+        self._accumulator.add(act_grads, ret_grads)
+        return retention_finite
+
+    def finish(self, sync: bool = True) -> CRaFTStepStats:
+        """Average (and all-reduce if `sync` under DDP), project, write `param.grad`, update lambda, reset."""
+        if self._accumulator.num_microbatches == 0:
+            raise RuntimeError("finish() called before any accumulate() in this optimizer step")
+        acc = self._accumulator
+        totals = acc.finalize(sync=sync, group=self.process_group)
+        norms = torch.stack([torch.linalg.vector_norm(acc.act_flat), torch.linalg.vector_norm(acc.ret_flat)])
+        projection = project_conflicting(
+            acc.act_grads,
+            acc.ret_grads,
+            has_both=totals.has_act & totals.has_ret,
+            delta=self.config.projection_delta,
+            enabled=self.config.enable_projection and not self.measure_only,
+            inplace=True,
+        )
+        scalars = torch.stack(
+            [
+                totals.scalars[_RETENTION_LOSS_SUM],
+                totals.ret_count,
+                totals.scalars[_RETENTION_NONFINITE],
+                totals.act_count,
+                projection.num_conflicting.to(acc.dtype),
+                projection.num_both.to(acc.dtype),
+                norms[0],
+                norms[1],
+            ]
+        )
+        summary = torch.cat([scalars, totals.has_act.to(acc.dtype), totals.has_ret.to(acc.dtype)]).tolist()
+        ret_sum, ret_count, nonfinite, act_count, num_conflicting, num_both, act_norm, ret_norm = summary[:8]
+        n = acc.num_params
+        has_act = [flag > 0 for flag in summary[8 : 8 + n]]
+        has_ret = [flag > 0 for flag in summary[8 + n : 8 + 2 * n]]
+
+        mean_ret = ret_sum / ret_count if ret_count > 0 else math.nan
+        lambda_before = lambda_after = self.dual.value
+        if not self.measure_only and math.isfinite(mean_ret):
+            lambda_before, lambda_after = self.dual.update(mean_ret)
+        self._write_grads(has_act, has_ret, lambda_before)
+        acc.reset()
+        self.num_steps += 1
+        return CRaFTStepStats(
+            retention_loss=mean_ret,
+            retention_nonfinite=1.0 if nonfinite > 0 else 0.0,
+            lambda_before=lambda_before,
+            lambda_after=lambda_after,
+            conflict_ratio=num_conflicting / num_both if num_both > 0 else 0.0,
+            num_conflicting=round(num_conflicting),
+            num_both=round(num_both),
+            act_grad_norm=act_norm,
+            ret_grad_norm=ret_norm,
+            num_microbatches=round(act_count),
+        )
+
+    def state_dict(self) -> dict[str, Any]:
+        """lambda and the step count; taken between optimizer steps (pending micro-batches cannot be resumed)."""
+        if self._accumulator.num_microbatches or self._accumulator.num_retention_microbatches:
+            raise RuntimeError("state_dict() in the middle of an optimizer step: call finish() first")
+        return {"dual": self.dual.state_dict(), "num_steps": self.num_steps, "config": asdict(self.config)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore lambda and the step count (the config comes from the constructor, so flags may change on resume)."""
+        self.dual.load_state_dict(state["dual"])
+        self.num_steps = int(state["num_steps"])
+
+    def _grads(self, loss: torch.Tensor, *, retain_graph: bool) -> Sequence[torch.Tensor | None]:
+        """d loss / d params, None for parameters the loss does not reach (all None if it reaches none)."""
+        if loss.dim() != 0:
+            raise ValueError(f"losses must be scalars, got shape {tuple(loss.shape)}")
+        if not loss.requires_grad:
+            return [None] * len(self.params)
+        return torch.autograd.grad(loss, self.params, retain_graph=retain_graph, allow_unused=True)
+
+    def _write_grads(self, has_act: list[bool], has_ret: list[bool], lambda_before: float) -> None:
+        """param.grad = g~_act + lambda * g_ret (just g_act when measuring only); None where neither exists."""
+        acc = self._accumulator
+        for param, act, ret, a, r in zip(self.params, acc.act_grads, acc.ret_grads, has_act, has_ret, strict=True):
+            use_ret = r and not self.measure_only
+            if not a and not use_ret:
+                param.grad = None
+                continue
+            grad = param.grad
+            if grad is None or grad.shape != param.shape or grad.dtype != param.dtype or grad.device != param.device:
+                grad = torch.empty_like(param, memory_format=torch.contiguous_format)
+                param.grad = grad
+            if a and use_ret:
+                torch.add(act, ret, alpha=lambda_before, out=grad)
+            elif a:
+                grad.copy_(act)
+            else:
+                torch.mul(ret, lambda_before, out=grad)

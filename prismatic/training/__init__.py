@@ -1,0 +1,1 @@
+"""Training: configuration, distributed setup, the training loop, logging and checkpoints."""

@@ -1,0 +1,84 @@
+"""CRaFT glue for the VLA-Adapter policy: token masks, retention features, and the frozen anchor theta_0.
+
+* With LoRA the anchor is the same model with its adapters disabled (peft keeps the initial action queries as the
+  frozen original of `modules_to_save`): no weight copy, no weight swapping.
+* With full fine-tuning the anchor is a frozen copy of the initial VLM (one more VLM in memory: ~5 GB in fp32 /
+  2.5 GB in bf16 at full size).
+The anchor forward runs without gradients and stops at the deepest layer the chosen features need.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from peft import PeftModel
+from torch import nn
+
+from craft import CRaFTConfig, TokenMasks, deepest_hidden_state_index, extract_features
+from prismatic.models.vlm import PrismaticVLM, VLMOutput
+
+
+def token_masks(out: VLMOutput) -> TokenMasks:
+    """Vision tokens (the patches after the first prompt token), prompt tokens and the 64 action queries."""
+    b, s = out.attention_mask.shape
+    positions = torch.arange(s, device=out.attention_mask.device)
+    vision = ((positions >= 1) & (positions <= out.num_patches)).expand(b, s)
+    action_query = torch.zeros(b, s, dtype=torch.bool, device=positions.device)
+    action_query.scatter_(1, out.query_positions + out.num_patches, True)
+    return TokenMasks(vision=vision, prompt=out.prompt_mask, action_query=action_query)
+
+
+def retention_features(out: VLMOutput, config: CRaFTConfig, num_layers: int) -> torch.Tensor:
+    """Pooled [C_R; C_AQ] features of a forward (fp32)."""
+    return extract_features(
+        out.hidden_states,
+        token_masks(out),
+        anchor_type=config.anchor_type,
+        anchor_layer_idx=config.anchor_layer_idx,
+        cr_token_mode=config.cr_token_mode,
+        num_layers=num_layers,
+    )
+
+
+class Anchor:
+    """Computes the anchor features f~ of the initial model on the same inputs as the training forward."""
+
+    def __init__(self, vlm: nn.Module, config: CRaFTConfig) -> None:
+        self.config = config
+        if isinstance(vlm, PeftModel):
+            self.vlm: nn.Module = vlm
+            self.frozen_copy = False
+            base = vlm.get_base_model()
+        else:
+            assert isinstance(vlm, PrismaticVLM)
+            self.vlm = copy.deepcopy(vlm).requires_grad_(False).eval()
+            self.frozen_copy = True
+            base = vlm
+        self.num_layers = base.num_llm_layers
+        self.deepest = deepest_hidden_state_index(
+            self.num_layers, anchor_type=config.anchor_type, anchor_layer_idx=config.anchor_layer_idx
+        )
+
+    @torch.no_grad()
+    def features(
+        self,
+        pixel_values: torch.Tensor,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        query_mask: torch.Tensor,
+    ) -> torch.Tensor:
+        inputs = {
+            "pixel_values": pixel_values,
+            "input_ids": input_ids,
+            "attention_mask": attention_mask,
+            "query_mask": query_mask,
+            "stop_after_layer": self.deepest,
+        }
+        if self.frozen_copy:
+            out = self.vlm(**inputs)
+        else:
+            assert isinstance(self.vlm, PeftModel)
+            with self.vlm.disable_adapter():
+                out = self.vlm(**inputs)
+        return retention_features(out, self.config, self.num_layers)
