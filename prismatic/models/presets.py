@@ -119,7 +119,20 @@ TINY = VLMPreset(
     ),
 )
 
-PRESETS: dict[str, VLMPreset] = {p.name: p for p in (FULL, TINY)}
+# A mid-size twin (~210M parameters) for benchmarks: big enough for realistic compute ratios, small enough for a CPU.
+MID = VLMPreset(
+    name="mid",
+    model_id="prism-qwen25-mid-dinosiglip-224px",
+    vision_backbone_id="dinosiglip-vit-mid-224px",
+    llm_backbone_id="qwen25-mid-extra",
+    dino=ViTSpec(DINO_TIMM_ID, embed_dim=384, depth=12, overrides={"embed_dim": 384, "depth": 12, "num_heads": 6}),
+    siglip=ViTSpec(SIGLIP_TIMM_ID, embed_dim=384, depth=12, overrides={"embed_dim": 384, "depth": 12, "num_heads": 6}),
+    llm=LLMSpec(
+        hidden_size=448, intermediate_size=2432, num_hidden_layers=12, num_attention_heads=7, num_key_value_heads=1
+    ),
+)
+
+PRESETS: dict[str, VLMPreset] = {p.name: p for p in (FULL, TINY, MID)}
 
 
 def get_preset(name: str) -> VLMPreset:

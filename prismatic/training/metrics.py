@@ -19,12 +19,26 @@ LR = "VLA Train/Learning Rate"
 SAMPLES_PER_S = "VLA Train/Samples per Second"
 DATA_WAIT = "VLA Train/Data Wait Share"
 SKIPPED = "VLA Train/Skipped Steps"
+PEAK_CPU_MEMORY = "System/Peak CPU Memory GB"
+PEAK_GPU_MEMORY = "System/Peak GPU Memory GB"
 RET = "CRaFT/Retention Loss"
 RET_NONFINITE = "CRaFT/Retention NonFinite"
 LAMBDA = "CRaFT/Lambda"
 LAMBDA_BEFORE = "CRaFT/Lambda Before"
 LAMBDA_AFTER = "CRaFT/Lambda After"
 CONFLICT = "CRaFT/Conflict Ratio"
+
+
+def peak_memory_gb(device_type: str) -> dict[str, float]:
+    """Peak resident memory of this process (and peak allocated CUDA memory on GPUs), in GB."""
+    import resource
+
+    import torch
+
+    out = {PEAK_CPU_MEMORY: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}
+    if device_type == "cuda":
+        out[PEAK_GPU_MEMORY] = torch.cuda.max_memory_allocated() / 2**30
+    return out
 
 
 def _num(value: float | None, fmt: str) -> str:

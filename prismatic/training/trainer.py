@@ -14,7 +14,7 @@ import json
 import logging
 import time
 from collections.abc import Iterator
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,11 +23,12 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from craft import CRaFTStep, retention_loss
+from craft import CRaFTConfig, CRaFTStep, CRaFTStepStats, retention_loss
 from prismatic.models.loaders import PolicySpec, load_prismatic_vlm
 from prismatic.models.lora import LoRASettings, apply_lora
 from prismatic.models.policy import VLAAdapterPolicy
 from prismatic.models.tokenizer import load_tokenizer
+from prismatic.models.vlm import PrismaticVLM
 from prismatic.training import metrics as M
 from prismatic.training.anchor import Anchor, retention_features
 from prismatic.training.checkpointing import (
@@ -116,18 +117,22 @@ def check_resume(cfg: FinetuneConfig, ctx: DistContext) -> dict[str, Any] | None
     return state
 
 
+def trainable_vlm(vlm: PrismaticVLM, use_lora: bool, lora_rank: int, lora_dropout: float) -> torch.nn.Module:
+    """LoRA-wrap the VLM, or (full fine-tuning) train every parameter a forward reaches."""
+    if use_lora:
+        return apply_lora(vlm, LoRASettings(rank=lora_rank, dropout=lora_dropout))
+    unused = set(vlm.unused_parameter_names())
+    for name, param in vlm.named_parameters():
+        param.requires_grad_(name not in unused)
+    return vlm
+
+
 def build_policy(cfg: FinetuneConfig) -> tuple[VLAAdapterPolicy, PolicySpec]:
     robot = robot_constants(cfg.dataset_name)
     vlm = load_prismatic_vlm(
         cfg.vlm_path, num_images=cfg.num_images_in_input, vision_weights_dir=cfg.vision_weights_dir
     )
-    if cfg.use_lora:
-        vlm_module: torch.nn.Module = apply_lora(vlm, LoRASettings(rank=cfg.lora_rank, dropout=cfg.lora_dropout))
-    else:
-        unused = set(vlm.unused_parameter_names())
-        for name, param in vlm.named_parameters():
-            param.requires_grad_(name not in unused)
-        vlm_module = vlm
+    vlm_module = trainable_vlm(vlm, cfg.use_lora, cfg.lora_rank, cfg.lora_dropout)
     policy = VLAAdapterPolicy(vlm_module, robot, use_pro_version=cfg.use_pro_version, use_proprio=cfg.use_proprio)
     spec = PolicySpec(
         num_images_in_input=cfg.num_images_in_input,
@@ -185,6 +190,73 @@ def prepare_run_dir(cfg: FinetuneConfig, run_dir: Path) -> None:
             "(--run_id_note NOTE or --run_id_override NAME)"
         )
     run_dir.mkdir(parents=True, exist_ok=True)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# one optimizer step's gradients
+# ---------------------------------------------------------------------------------------------------------------
+@dataclass
+class GradientStepper:
+    """Everything needed to turn one step's micro-batches into `param.grad` (baseline or CRaFT)."""
+
+    model: torch.nn.Module  # the policy, or its DDP wrapper
+    anchor: Anchor | None
+    craft_step: CRaFTStep | None
+    craft_cfg: CRaFTConfig
+    accum: int
+    seed: int
+    use_proprio: bool
+    ctx: DistContext
+
+    def autocast(self) -> contextlib.AbstractContextManager[Any]:
+        if self.ctx.device.type == "cuda":
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+
+def compute_gradients(
+    s: GradientStepper, batches: Iterator[dict[str, Any]], step: int, measure: bool
+) -> tuple[torch.Tensor, CRaFTStepStats | None, float]:
+    """Run the step's micro-batches; returns (mean [loss, current L1, next L1] of this process, CRaFT stats or None,
+    seconds spent waiting for data). Baseline micro-batches backpropagate loss / K (DDP averages over processes on
+    the last one); CRaFT micro-batches (or a baseline's measurement steps) go through `CRaFTStep`, which averages both
+    gradients over micro-batches and processes in one all-reduce."""
+    is_ddp = isinstance(s.model, DistributedDataParallel)
+    losses = torch.zeros(3, device=s.ctx.device)
+    data_wait = 0.0
+    for micro in range(s.accum):
+        wait_start = time.perf_counter()
+        batch = _to_device(next(batches), s.ctx.device)
+        data_wait += time.perf_counter() - wait_start
+        defer_sync = is_ddp and (measure or micro < s.accum - 1)
+        with s.model.no_sync() if defer_sync else contextlib.nullcontext():  # type: ignore[operator]
+            with s.autocast():
+                out = s.model(
+                    pixel_values=batch["pixel_values"],
+                    input_ids=batch["input_ids"],
+                    attention_mask=batch["attention_mask"],
+                    labels=batch["labels"],
+                    proprio=batch["proprio"] if s.use_proprio else None,
+                    noise_seed=noise_seed(s.seed, step, micro),
+                )
+            l1 = (out.actions.float() - batch["actions"]).abs()
+            loss = l1.mean()
+            losses += torch.stack([loss.detach(), l1[:, 0].mean().detach(), l1[:, 1:].mean().detach()])
+            if measure:
+                assert s.anchor is not None and s.craft_step is not None
+                with s.autocast():
+                    feats = retention_features(out.vlm, s.craft_cfg, s.anchor.num_layers)
+                    anchor_feats = s.anchor.features(
+                        batch["pixel_values"],
+                        batch["input_ids"],
+                        batch["attention_mask"],
+                        batch["labels"] != IGNORE_INDEX,
+                    )
+                s.craft_step.accumulate(loss, retention_loss(feats, anchor_feats))
+            else:
+                (loss / s.accum).backward()
+    stats = s.craft_step.finish(sync=s.ctx.distributed) if measure and s.craft_step is not None else None
+    return losses / s.accum, stats, data_wait
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -257,7 +329,6 @@ def _train(cfg: FinetuneConfig, ctx: DistContext) -> Path:
     if ctx.distributed:
         device_ids = [ctx.local_rank] if ctx.device.type == "cuda" else None
         model = DistributedDataParallel(policy, device_ids=device_ids, find_unused_parameters=False)
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if ctx.device.type == "cuda" else contextlib.nullcontext()
 
     sinks = MetricsSinks(
         run_dir, ctx.is_main, cfg.console_log_freq, cfg.wandb_log_freq, cfg.max_steps, cfg.craft_retention_budget
@@ -282,6 +353,7 @@ def _train(cfg: FinetuneConfig, ctx: DistContext) -> Path:
         )
 
     accum = cfg.grad_accumulation_steps
+    stepper = GradientStepper(model, anchor, craft_step, craft_cfg, accum, cfg.seed, cfg.use_proprio, ctx)
     progress = tqdm(
         range(start_step + 1, cfg.max_steps + 1),
         initial=start_step,
@@ -292,51 +364,13 @@ def _train(cfg: FinetuneConfig, ctx: DistContext) -> Path:
     )
     for step in progress:
         step_start = time.perf_counter()
-        data_wait = 0.0
         measure = cfg.use_craft or (cfg.craft_measure_freq > 0 and step % cfg.craft_measure_freq == 0)
-        losses = torch.zeros(3, device=ctx.device)
-        for micro in range(accum):
-            wait_start = time.perf_counter()
-            batch = _to_device(next(batches), ctx.device)
-            data_wait += time.perf_counter() - wait_start
-            sync_now = measure or micro == accum - 1
-            no_sync = (
-                model.no_sync()
-                if isinstance(model, DistributedDataParallel) and (measure or not sync_now)
-                else contextlib.nullcontext()
-            )
-            with no_sync:
-                with autocast:
-                    out = model(
-                        pixel_values=batch["pixel_values"],
-                        input_ids=batch["input_ids"],
-                        attention_mask=batch["attention_mask"],
-                        labels=batch["labels"],
-                        proprio=batch["proprio"] if cfg.use_proprio else None,
-                        noise_seed=noise_seed(cfg.seed, step, micro),
-                    )
-                l1 = (out.actions.float() - batch["actions"]).abs()
-                loss = l1.mean()
-                losses += torch.stack([loss.detach(), l1[:, 0].mean().detach(), l1[:, 1:].mean().detach()])
-                if measure:
-                    assert anchor is not None and craft_step is not None
-                    with autocast:
-                        feats = retention_features(out.vlm, craft_cfg, anchor.num_layers)
-                        anchor_feats = anchor.features(
-                            batch["pixel_values"],
-                            batch["input_ids"],
-                            batch["attention_mask"],
-                            batch["labels"] != IGNORE_INDEX,
-                        )
-                    craft_step.accumulate(loss, retention_loss(feats, anchor_feats))
-                else:
-                    (loss / accum).backward()
-        craft_stats = craft_step.finish(sync=ctx.distributed) if measure and craft_step is not None else None
+        losses, craft_stats, data_wait = compute_gradients(stepper, batches, step, measure)
 
         # Clip / measure the (already averaged over processes) gradient; skip the update if anything is non-finite.
         max_norm = cfg.max_grad_norm if cfg.max_grad_norm is not None else float("inf")
         grad_norm = torch.nn.utils.clip_grad_norm_(trainable, max_norm)
-        means = all_reduce_mean(losses / accum, ctx)
+        means = all_reduce_mean(losses, ctx)
         finite = bool(torch.isfinite(means[0]) and torch.isfinite(grad_norm))
         lr = scheduler.get_last_lr()[0]
         if finite:
@@ -362,6 +396,7 @@ def _train(cfg: FinetuneConfig, ctx: DistContext) -> Path:
             M.SAMPLES_PER_S: cfg.batch_size * accum * ctx.world_size / elapsed,
             M.DATA_WAIT: data_wait / elapsed,
             M.SKIPPED: float(counters["skipped_steps"]),
+            **M.peak_memory_gb(ctx.device.type),
         }
         if craft_stats is not None:
             metrics.update(craft_stats.to_metrics())

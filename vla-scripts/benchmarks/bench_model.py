@@ -20,19 +20,10 @@ import torch
 
 from prismatic.models.lora import LoRASettings, apply_lora
 from prismatic.models.policy import VLAAdapterPolicy
-from prismatic.models.presets import FULL, TINY, LLMSpec, ViTSpec, VLMPreset
+from prismatic.models.presets import FULL, MID, TINY
 from prismatic.models.vlm import PrismaticVLM
 from prismatic.vla.constants import ACTION_QUERY_TOKEN_ID, IGNORE_INDEX, LIBERO_CONSTANTS
 
-MID = VLMPreset(
-    name="mid",
-    model_id="mid",
-    dino=ViTSpec(TINY.dino.timm_id, 384, 12, {"embed_dim": 384, "depth": 12, "num_heads": 6}),
-    siglip=ViTSpec(TINY.siglip.timm_id, 384, 12, {"embed_dim": 384, "depth": 12, "num_heads": 6}),
-    llm=LLMSpec(
-        hidden_size=448, intermediate_size=2432, num_hidden_layers=12, num_attention_heads=7, num_key_value_heads=1
-    ),
-)
 CONFIGS = {"tiny": (TINY, 8), "mid": (MID, 64), "full": (FULL, 64)}
 
 

@@ -1,0 +1,159 @@
+"""CRaFT's cost over the baseline: optimizer-step time and peak memory on the same batches, printed as JSON.
+
+    python craft_experiments/02_stability_efficiency/bench_craft_overhead.py
+    python craft_experiments/02_stability_efficiency/bench_craft_overhead.py --configs '[tiny]' --steps 10
+
+For each model size (tiny, mid) and tuning mode (LoRA, full fine-tuning), a baseline and a CRaFT run each execute
+the same seeded micro-batches through the trainer's own step code (`compute_gradients` + AdamW), in separate
+processes so that each peak is its own. Reported: mean step time after one warm-up step, peak resident memory,
+and the growth of resident memory during the steps (what training adds on top of the loaded model).
+"""
+
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+
+import draccus
+import torch
+
+CONFIGS = ("tiny", "mid")
+TUNINGS = ("lora", "full")
+
+
+@dataclass
+class BenchCraftConfig:
+    configs: list[str] = field(default_factory=lambda: list(CONFIGS))
+    tunings: list[str] = field(default_factory=lambda: list(TUNINGS))
+    batch_size: int = 2
+    grad_accumulation_steps: int = 2
+    steps: int = 4  # timed optimizer steps (after one warm-up step)
+    worker: str = ""  # internal: "<config>,<tuning>,<method>"
+
+
+def rss_gb() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**30
+
+
+def run_worker(cfg: BenchCraftConfig) -> dict:
+    from craft import CRaFTConfig, CRaFTStep
+    from prismatic.assets.tiny_vlm import init_vlm
+    from prismatic.models.policy import VLAAdapterPolicy
+    from prismatic.models.presets import MID, TINY
+    from prismatic.training.anchor import Anchor
+    from prismatic.training.distributed import DistContext
+    from prismatic.training.trainer import GradientStepper, compute_gradients, trainable_vlm
+    from prismatic.vla.constants import ACTION_QUERY_TOKEN_ID, IGNORE_INDEX, LIBERO_CONSTANTS
+
+    name, tuning, method = cfg.worker.split(",")
+    preset = {"tiny": TINY, "mid": MID}[name]
+    torch.manual_seed(0)
+    vlm = init_vlm(preset, seed=0)
+    vlm.set_num_images(2)
+    module = trainable_vlm(vlm, use_lora=tuning == "lora", lora_rank=64 if name == "mid" else 8, lora_dropout=0.0)
+    policy = VLAAdapterPolicy(module, LIBERO_CONSTANTS).train()
+    craft_cfg = CRaFTConfig()
+    use_craft = method == "craft"
+    anchor = Anchor(policy.vlm, craft_cfg) if use_craft else None
+    trainable = [p for p in policy.parameters() if p.requires_grad]
+    craft_step = CRaFTStep(trainable, craft_cfg) if use_craft else None
+    optimizer = torch.optim.AdamW(trainable, lr=1e-4)
+    ctx = DistContext(rank=0, local_rank=0, world_size=1, device=torch.device("cpu"))
+    stepper = GradientStepper(policy, anchor, craft_step, craft_cfg, cfg.grad_accumulation_steps, 0, True, ctx)
+
+    g = torch.Generator().manual_seed(1234)  # the same batches for baseline and CRaFT
+    b = cfg.batch_size
+    ids = torch.cat(
+        [torch.randint(0, 150_000, (b, 56), generator=g), torch.full((b, 64), ACTION_QUERY_TOKEN_ID)], dim=1
+    )
+    batches = [
+        {
+            "pixel_values": torch.randn(b, 12, 224, 224, generator=g),
+            "input_ids": ids,
+            "attention_mask": torch.ones_like(ids),
+            "labels": torch.where(ids == ACTION_QUERY_TOKEN_ID, ids, torch.full_like(ids, IGNORE_INDEX)),
+            "actions": torch.rand(b, 8, 7, generator=g) * 2 - 1,
+            "proprio": torch.randn(b, 8, generator=g),
+        }
+        for _ in range((cfg.steps + 1) * cfg.grad_accumulation_steps)
+    ]
+    stream = iter(batches)
+    rss_before = rss_gb()
+    times = []
+    for step in range(cfg.steps + 1):
+        start = time.perf_counter()
+        compute_gradients(stepper, stream, step, measure=use_craft)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        if step > 0:
+            times.append(time.perf_counter() - start)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    return {
+        "config": name,
+        "tuning": tuning,
+        "method": method,
+        "trainable_parameters": sum(p.numel() for p in trainable),
+        "step_s": round(sum(times) / len(times), 3),
+        "peak_rss_gb": round(peak, 3),
+        "training_rss_growth_gb": round(peak - rss_before, 3),
+    }
+
+
+@draccus.wrap()
+def main(cfg: BenchCraftConfig) -> None:
+    if cfg.worker:
+        print(json.dumps(run_worker(cfg)))
+        return
+    results, ratios = [], []
+    for name in cfg.configs:
+        for tuning in cfg.tunings:
+            pair = {}
+            for method in ("baseline", "craft"):
+                args = [
+                    sys.executable,
+                    __file__,
+                    "--worker",
+                    f"{name},{tuning},{method}",
+                    "--steps",
+                    str(cfg.steps),
+                    "--batch_size",
+                    str(cfg.batch_size),
+                    "--grad_accumulation_steps",
+                    str(cfg.grad_accumulation_steps),
+                ]
+                proc = subprocess.run(args, capture_output=True, text=True, check=False)
+                if proc.returncode != 0:
+                    raise SystemExit(f"{name}/{tuning}/{method} failed:\n{proc.stderr[-3000:]}")
+                pair[method] = json.loads(proc.stdout.strip().splitlines()[-1])
+                results.append(pair[method])
+            base, craft = pair["baseline"], pair["craft"]
+            ratios.append(
+                {
+                    "config": name,
+                    "tuning": tuning,
+                    "step_time_ratio": round(craft["step_s"] / base["step_s"], 3),
+                    "peak_memory_ratio": round(craft["peak_rss_gb"] / base["peak_rss_gb"], 3),
+                }
+            )
+    print(
+        json.dumps(
+            {
+                "benchmark": "craft_overhead",
+                "device": "cpu",
+                "batch_size": cfg.batch_size,
+                "grad_accumulation_steps": cfg.grad_accumulation_steps,
+                "results": results,
+                "ratios": ratios,
+                "targets_with_lora": {"step_time_ratio": 1.5, "peak_memory_ratio": 1.15},
+            },
+            indent=2,
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Evaluation: LIBERO simulator rollouts (parallel, resumable) and offline metrics on held-out episodes."""

@@ -1,0 +1,1 @@
+"""Test helpers importable by worker processes (the tests folder is on their sys.path)."""

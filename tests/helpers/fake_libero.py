@@ -1,0 +1,84 @@
+"""A stand-in for LIBERO environments with the same interface, for testing the evaluation loop without assets.
+
+Like LIBERO it renders upside down (a red marker that belongs in the top-left corner of the upright third-person
+image arrives bottom-right; a blue one for the wrist camera), reports `robot0_eef_pos`, `robot0_eef_quat` (x, y, z, w)
+and `robot0_gripper_qpos`, and answers `step` with (obs, reward, done, info). Each initial state scripts the episode:
+`succeed_after` (steps after which a closing gripper command succeeds), `raise_at`, `exit_at` (kills the process).
+Every step is appended to `<trace_dir>/task{t}_trial{k}.jsonl`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from prismatic.eval.libero_env import EnvHandle
+
+EEF_POS = np.array([0.1, -0.2, 1.0])
+EEF_QUAT = np.array([0.0, 0.0, np.sin(0.25), np.cos(0.25)])  # 0.5 rad about z
+GRIPPER_QPOS = np.array([0.03, -0.03])
+
+
+class FakeLiberoEnv:
+    def __init__(self, task_id: int, resolution: int, trace_dir: Path | None) -> None:
+        self.task_id, self.resolution, self.trace_dir = task_id, resolution, trace_dir
+        self.state: dict[str, Any] = {}
+        self.t = 0
+        self.closed = False
+
+    def reset(self) -> None:
+        self.t = 0
+
+    def set_init_state(self, state: dict[str, Any]) -> dict[str, Any]:
+        self.state, self.t = dict(state), 0
+        return self._obs()
+
+    def step(self, action: list[float]) -> tuple[dict[str, Any], float, bool, dict[str, Any]]:
+        self.t += 1
+        if self.trace_dir is not None:
+            path = self.trace_dir / f"task{self.task_id}_trial{self.state['trial']}.jsonl"
+            with path.open("a") as f:
+                f.write(json.dumps({"t": self.t, "action": [float(a) for a in action]}) + "\n")
+        if self.state.get("raise_at") == self.t:
+            raise RuntimeError("simulated physics failure")
+        if self.state.get("exit_at") == self.t:
+            os._exit(3)
+        after = self.state.get("succeed_after")
+        done = after is not None and self.t >= after and action[-1] > 0
+        return self._obs(), float(done), done, {}
+
+    def close(self) -> None:
+        self.closed = True
+
+    def _frame(self, color: tuple[int, int, int]) -> np.ndarray:
+        upright = np.full((self.resolution, self.resolution, 3), 90, dtype=np.uint8)
+        upright[:40, :40] = color  # top-left in the upright image
+        return upright[::-1, ::-1].copy()  # LIBERO delivers it rotated by 180 degrees
+
+    def _obs(self) -> dict[str, Any]:
+        return {
+            "agentview_image": self._frame((255, 0, 0)),
+            "robot0_eye_in_hand_image": self._frame((0, 0, 255)),
+            "robot0_eef_pos": EEF_POS + 0.001 * self.t,
+            "robot0_eef_quat": EEF_QUAT.copy(),
+            "robot0_gripper_qpos": GRIPPER_QPOS.copy(),
+        }
+
+
+class FakeLiberoFactory:
+    """`scripts[task_id]` = list of per-trial initial states (dicts); trial i uses scripts[task][i]."""
+
+    def __init__(self, scripts: dict[str, list[dict[str, Any]]], trace_dir: str | None = None) -> None:
+        self.scripts = {int(k): v for k, v in scripts.items()}
+        self.trace_dir = Path(trace_dir) if trace_dir else None
+
+    def num_tasks(self, suite: str) -> int:
+        return len(self.scripts)
+
+    def make(self, suite: str, task_id: int, resolution: int, env_seed: int) -> EnvHandle:
+        states = [{**s, "trial": i} for i, s in enumerate(self.scripts[task_id])]
+        return EnvHandle(FakeLiberoEnv(task_id, resolution, self.trace_dir), f"fake task {task_id} of {suite}", states)

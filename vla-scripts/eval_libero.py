@@ -1,0 +1,140 @@
+"""Evaluate a checkpoint on a LIBERO suite with the published protocol (parallel, resumable).
+
+    python vla-scripts/eval_libero.py --pretrained_checkpoint runs/<run>--20000_chkpt --task_suite_name libero_spatial
+    python vla-scripts/eval_libero.py --pretrained_checkpoint VLA-Adapter/LIBERO-Spatial-Pro --num_workers 8
+    python vla-scripts/eval_libero.py ... --num_trials_per_task 2 --task_ids '[0,3]'      # quick check
+
+Works with this project's checkpoints and released VLA-Adapter folders. Results go to `--results_dir` (default
+`<checkpoint>/eval_<suite>`): `eval_results.json` (per-task and total success, the full protocol, versions),
+`episodes.jsonl` (one line per episode; re-running resumes), `eval.log`, optional `videos/`.
+Needs the simulator (`bash setup.sh libero`) and LIBERO's assets (`--libero_assets_dir`).
+"""
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import draccus
+
+from prismatic.util.cli import exit_on_user_error
+
+
+@dataclass
+class EvalLiberoConfig:
+    pretrained_checkpoint: Path = Path("")  # checkpoint folder (ours or a released VLA-Adapter one); required
+    task_suite_name: str = "libero_spatial"  # libero_spatial | libero_object | libero_goal | libero_10 | libero_90
+    num_trials_per_task: int = 50
+    task_ids: list[int] | None = None  # subset of tasks (None = all)
+    num_workers: int = 2  # parallel environment processes (0 = in this process)
+    results_dir: Path | None = None
+    center_crop: bool = True  # for models trained with --image_aug True (the recipes)
+    num_images_in_input: int | None = None  # default: from the checkpoint (2 for released LIBERO models)
+    unnorm_key: str | None = None  # dataset statistics entry (default: the suite's *_no_noops, else the only one)
+    max_steps: int | None = None  # default: the suite's published value
+    seed: int = 7
+    libero_assets_dir: Path | None = None  # LIBERO's `assets` folder (meshes and textures)
+    render_backend: str = "egl"  # MUJOCO_GL in the workers: egl (GPU or EGL CPU) or osmesa (pure CPU)
+    save_videos: bool = False
+    max_batch: int = 64  # largest batched policy query
+    device: str = "auto"  # auto | cpu | cuda
+    env_factory: str = "prismatic.eval.libero_env:LiberoEnvFactory"  # advanced: another simulator / a stand-in
+    use_wandb: bool = False
+    wandb_project: str = "vla-eval"
+    wandb_entity: str | None = None
+    wandb_mode: str = "online"
+
+
+@exit_on_user_error
+@draccus.wrap()
+def main(cfg: EvalLiberoConfig) -> None:
+    import torch
+
+    from prismatic.eval.policy_adapter import ChunkPolicy
+    from prismatic.eval.protocol import Protocol, dataset_of, suite_of
+    from prismatic.eval.runner import EvalSettings, evaluate
+    from prismatic.models.inference import ActionPredictor
+    from prismatic.models.loaders import load_policy
+    from prismatic.models.tokenizer import load_tokenizer
+    from prismatic.training.distributed import seed_everything
+
+    suite = suite_of(cfg.task_suite_name)
+    if not str(cfg.pretrained_checkpoint) or not cfg.pretrained_checkpoint.is_dir():
+        raise FileNotFoundError(f"--pretrained_checkpoint {cfg.pretrained_checkpoint!s} is not a checkpoint folder")
+    if cfg.num_trials_per_task < 1:
+        raise ValueError(f"--num_trials_per_task must be >= 1 (got {cfg.num_trials_per_task})")
+    if cfg.num_workers < 0:
+        raise ValueError(f"--num_workers must be >= 0 (got {cfg.num_workers})")
+    if cfg.render_backend not in ("egl", "osmesa", "glfw"):
+        raise ValueError(f"--render_backend must be egl, osmesa or glfw (got {cfg.render_backend!r})")
+    factory_kwargs = {}
+    if cfg.env_factory.endswith(":LiberoEnvFactory"):
+        from prismatic.eval.libero_env import configure_libero
+
+        configure_libero(cfg.libero_assets_dir)  # fails now, with the fix, if the simulator or assets are missing
+        factory_kwargs = {"assets_dir": str(cfg.libero_assets_dir) if cfg.libero_assets_dir else None}
+
+    seed_everything(cfg.seed)
+    device = (
+        "cuda"
+        if cfg.device == "auto" and torch.cuda.is_available()
+        else ("cpu" if cfg.device == "auto" else cfg.device)
+    )
+    loaded = load_policy(cfg.pretrained_checkpoint, num_images_in_input=cfg.num_images_in_input)
+    stats = loaded.dataset_statistics
+    unnorm_key = cfg.unnorm_key or (dataset_of(suite) if dataset_of(suite) in stats else None)
+    predictor = ActionPredictor(
+        loaded.policy,
+        load_tokenizer(cfg.pretrained_checkpoint),
+        stats,
+        unnorm_key=unnorm_key,
+        device=device,
+        autocast_dtype=torch.bfloat16 if device == "cuda" else None,
+    )
+    protocol = Protocol(
+        suite=suite,
+        num_trials_per_task=cfg.num_trials_per_task,
+        task_ids=tuple(cfg.task_ids) if cfg.task_ids is not None else None,
+        seed=cfg.seed,
+        max_steps=cfg.max_steps,
+        center_crop=cfg.center_crop,
+    )
+    results_dir = cfg.results_dir or cfg.pretrained_checkpoint / f"eval_{suite}"
+    settings = EvalSettings(
+        protocol=protocol,
+        results_dir=Path(results_dir),
+        num_workers=cfg.num_workers,
+        env_factory=cfg.env_factory,
+        env_factory_kwargs=factory_kwargs,
+        save_videos=cfg.save_videos,
+        max_batch=cfg.max_batch,
+        checkpoint=str(cfg.pretrained_checkpoint.resolve()),
+        render_backend=cfg.render_backend,
+    )
+    policy = ChunkPolicy(predictor, loaded.spec.num_images_in_input, cfg.center_crop)
+    results = evaluate(settings, policy)
+    total = results["total"]
+    print(
+        f"[eval] {suite}: {total['successes']}/{total['trials']} = {total['success_rate']:.1%} "
+        f"-> {settings.results_dir / 'eval_results.json'}",
+        flush=True,
+    )
+    if cfg.use_wandb:
+        import wandb
+
+        run = wandb.init(
+            project=cfg.wandb_project,
+            entity=cfg.wandb_entity,
+            mode=cfg.wandb_mode,
+            name=f"eval-{suite}-{cfg.pretrained_checkpoint.name}",
+            config=results["protocol"],
+        )
+        run.log(
+            {
+                f"Eval/{suite} Success Rate": total["success_rate"],
+                **{f"Eval/{suite} Task {k}": v["success_rate"] for k, v in results["per_task"].items()},
+            }
+        )
+        run.finish()
+
+
+if __name__ == "__main__":
+    main()
