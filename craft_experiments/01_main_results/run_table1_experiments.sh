@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# Table 1: the four LIBERO suites x {baseline, CRaFT} x seeds 42, 123, 456, each trained then evaluated on its suite.
+#
+#   cd craft_experiments/01_main_results && bash run_table1_experiments.sh
+#   DRY_RUN=1 bash run_table1_experiments.sh                 # print the commands only
+#   GPUS=0,1,2,3 SUITES="spatial goal" SEEDS=42 bash run_table1_experiments.sh
+#   SMOKE=1 bash run_table1_experiments.sh                   # tiny assets, synthetic data, a few steps
+#
+# Runs: $RUN_ROOT/table1-{suite}-{method}-seed{seed}/ (WandB run of the same name). Knobs: SUITES [spatial object
+# goal long], METHODS [baseline craft], SEEDS [42 123 456], STEPS_SPATIAL / STEPS_OBJECT / STEPS_GOAL / STEPS_LONG
+# [20000 each, 8 in smoke mode], CRAFT_ARGS [the guide's full CRaFT configuration], plus those of common.sh.
+set -uo pipefail
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+source "$HERE/../common.sh"
+
+SUITES="${SUITES:-spatial object goal long}"
+METHODS="${METHODS:-baseline craft}"
+SEEDS="${SEEDS:-42 123 456}"
+DEFAULT_STEPS=$([[ "${SMOKE:-0}" == "1" ]] && echo 8 || echo 20000)
+CRAFT_ARGS="${CRAFT_ARGS:---use_craft True --craft_retention_budget 0.1 --craft_dual_lr 0.01 --craft_enable_projection True --craft_enable_dual True --craft_anchor_type concat}"
+
+declare -A DATASET=([spatial]=libero_spatial [object]=libero_object [goal]=libero_goal [long]=libero_10)
+for suite in $SUITES; do
+  [[ -n "${DATASET[$suite]:-}" ]] || { echo "unknown suite '$suite' (spatial object goal long)" >&2; exit 2; }
+  var="STEPS_${suite^^}"
+  steps="${!var:-$DEFAULT_STEPS}"
+  if [[ "${SMOKE:-0}" == "1" ]]; then
+    dataset_flag="--dataset_name libero_spatial_no_noops"   # the smoke data has the spatial suite only
+  else
+    dataset_flag="--dataset_name ${DATASET[$suite]}_no_noops"
+  fi
+  for method in $METHODS; do
+    case "$method" in
+      baseline) method_flags="--use_craft False --craft_measure_freq 100" ;;
+      craft) method_flags="$CRAFT_ARGS" ;;
+      *) echo "unknown method '$method' (baseline craft)" >&2; exit 2 ;;
+    esac
+    for seed in $SEEDS; do
+      sweep_add "table1-$suite-$method-seed$seed" "$steps" "${DATASET[$suite]}" $dataset_flag --seed "$seed" $method_flags
+    done
+  done
+done
+sweep_run

@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Table 2: few-shot LIBERO-Spatial (5 and 10 demonstrations per task), baseline vs CRaFT, 3 seeds.
+#
+#   cd craft_experiments/02_stability_efficiency && bash run_table2_fewshot.sh
+#   DRY_RUN=1 bash run_table2_fewshot.sh
+#
+# Runs: $RUN_ROOT/table2-{shots}shot-{method}-seed{seed}/. Knobs: SHOTS [5 10], METHODS [baseline craft],
+# SEEDS [42 123 456], STEPS [5000, 8 in smoke mode], CRAFT_ARGS, plus those of common.sh. Statistics come from the
+# few-shot subset only, and the chosen episodes are saved in each run's folder (episodes.json).
+set -uo pipefail
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+source "$HERE/../common.sh"
+
+SHOTS="${SHOTS:-5 10}"
+METHODS="${METHODS:-baseline craft}"
+SEEDS="${SEEDS:-42 123 456}"
+STEPS="${STEPS:-$([[ "${SMOKE:-0}" == "1" ]] && echo 8 || echo 5000)}"
+CRAFT_ARGS="${CRAFT_ARGS:---use_craft True --craft_retention_budget 0.1 --craft_dual_lr 0.01 --craft_enable_projection True --craft_enable_dual True --craft_anchor_type concat}"
+
+for shots in $SHOTS; do
+  for method in $METHODS; do
+    case "$method" in
+      baseline) method_flags="--use_craft False --craft_measure_freq 100" ;;
+      craft) method_flags="$CRAFT_ARGS" ;;
+      *) echo "unknown method '$method' (baseline craft)" >&2; exit 2 ;;
+    esac
+    for seed in $SEEDS; do
+      sweep_add "table2-${shots}shot-$method-seed$seed" "$STEPS" libero_spatial \
+        --dataset_name libero_spatial_no_noops --n_shot_episodes "$shots" --seed "$seed" $method_flags
+    done
+  done
+done
+sweep_run

@@ -1,0 +1,313 @@
+"""Tables and plots of the paper sweeps, from the run folders they leave.
+
+    python craft_experiments/make_tables.py --run_root runs --out_dir results
+
+Reads every `table1-*`, `table2-*` and `table4-*` run under `--run_root` (`<run>/<run>/metrics.jsonl`,
+`<run>/eval_<suite>/eval_results.json`, `<run>/offline_eval.json`) and writes, for each table, Markdown and LaTeX with
+mean +- std over seeds and the number of seeds found (missing cells are marked and listed), plus PNG plots: retention
+loss against the budget, lambda, conflict ratio (baseline vs CRaFT), action loss, and success rates per suite.
+"""
+
+import json
+import math
+import re
+import statistics
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import draccus
+
+SUITES = {"spatial": "Spatial", "object": "Object", "goal": "Goal", "long": "Long"}
+METHODS = {"baseline": "Baseline", "craft": "CRaFT"}
+ABLATIONS = {
+    "full": "CRaFT (Full)",
+    "no_projection": "w/o Projection",
+    "no_dual": "w/o Dual",
+    "aq_only": "AQ Only",
+    "raw_only": "Raw Only",
+}
+NAME = re.compile(r"^table(?P<table>[124])-(?P<key>.+)-seed(?P<seed>\d+)$")
+MISSING = "—"
+
+
+@dataclass
+class MakeTablesConfig:
+    run_root: Path = Path("runs")
+    out_dir: Path = Path("results")
+    budget: float = 0.1  # epsilon drawn on the retention plot when runs do not record it
+
+
+@dataclass
+class Run:
+    name: str
+    table: str
+    key: str  # "spatial-craft", "5shot-baseline", "no_dual"
+    seed: int
+    rows: list[dict[str, Any]] = field(default_factory=list)  # metrics.jsonl
+    success_rate: float | None = None
+    offline: dict[str, Any] | None = None
+    budget: float | None = None
+
+    def final(self, metric: str, fraction: float = 0.1) -> float | None:
+        """Mean of `metric` over the last `fraction` of the steps that recorded it."""
+        values = [r[metric] for r in self.rows if metric in r and r[metric] is not None and math.isfinite(r[metric])]
+        if not values:
+            return None
+        tail = values[-max(1, int(len(values) * fraction)) :]
+        return sum(tail) / len(tail)
+
+
+def load_runs(root: Path) -> list[Run]:
+    runs = []
+    for folder in sorted(p for p in root.iterdir() if p.is_dir()) if root.is_dir() else []:
+        match = NAME.match(folder.name)
+        if not match:
+            continue
+        run = Run(folder.name, match["table"], match["key"], int(match["seed"]))
+        metrics = folder / folder.name / "metrics.jsonl"
+        if metrics.is_file():
+            run.rows = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
+        config = folder / folder.name / "finetune_config.yaml"
+        if config.is_file():
+            found = re.search(r"^craft_retention_budget:\s*([0-9.eE+-]+)", config.read_text(), re.M)
+            run.budget = float(found.group(1)) if found else None
+        for results in folder.glob("eval_*/eval_results.json"):
+            run.success_rate = json.loads(results.read_text())["total"]["success_rate"]
+        if (folder / "offline_eval.json").is_file():
+            run.offline = json.loads((folder / "offline_eval.json").read_text())
+        runs.append(run)
+    return runs
+
+
+def cell(values: list[float], percent: bool, expected: int) -> str:
+    """mean +- std (n) of the seeds found; `—` when none."""
+    if not values:
+        return MISSING
+    scale = 100.0 if percent else 1.0
+    mean = statistics.fmean(values) * scale
+    std = statistics.stdev(values) * scale if len(values) > 1 else 0.0
+    digits = 1 if percent else 4
+    count = f" ({len(values)}/{expected})" if len(values) != expected else f" ({len(values)})"
+    return f"{mean:.{digits}f} ± {std:.{digits}f}{count}"
+
+
+def metric_of(run: Run, metric: str) -> float | None:
+    if metric == "success":
+        return run.success_rate
+    if metric == "heldout_l1":
+        return run.offline["action_l1"]["normalized/all"] if run.offline else None
+    if metric == "cka_raw":
+        return list(run.offline["cka"]["raw"].values())[-1] if run.offline else None
+    if metric == "retention":
+        return run.final("CRaFT/Retention Loss")
+    if metric == "conflict":
+        return run.final("CRaFT/Conflict Ratio")
+    if metric == "train_l1":
+        return run.final("VLA Train/Loss")
+    raise KeyError(metric)
+
+
+@dataclass
+class Table:
+    title: str
+    header: list[str]
+    rows: list[list[str]]
+    notes: list[str]
+
+    def markdown(self) -> str:
+        lines = [f"**{self.title}**", "", "| " + " | ".join(self.header) + " |", "|" + "---|" * len(self.header)]
+        lines += ["| " + " | ".join(row) + " |" for row in self.rows]
+        lines += ["", *[f"- {note}" for note in self.notes]]
+        return "\n".join(lines) + "\n"
+
+    def latex(self) -> str:
+        def esc(text: str) -> str:
+            return text.replace("±", r"$\pm$").replace("%", r"\%").replace("_", r"\_").replace(MISSING, "--")
+
+        cols = "l" + "c" * (len(self.header) - 1)
+        body = "\n".join(" & ".join(esc(c) for c in row) + r" \\" for row in self.rows)
+        return (
+            f"% {self.title}\n\\begin{{tabular}}{{{cols}}}\n\\toprule\n"
+            + " & ".join(esc(h) for h in self.header)
+            + r" \\"
+            + "\n\\midrule\n"
+            + body
+            + "\n\\bottomrule\n\\end{tabular}\n"
+        )
+
+
+def _grid(
+    runs: list[Run],
+    table: str,
+    rows: dict[str, str],
+    cols: dict[str, str],
+    key: Any,
+    metric: str,
+    percent: bool,
+    expected_seeds: int,
+    average: bool,
+) -> tuple[list[list[str]], list[str]]:
+    by_key: dict[str, list[Run]] = defaultdict(list)
+    for run in runs:
+        if run.table == table:
+            by_key[run.key].append(run)
+    body, missing = [], []
+    for row_key, row_name in rows.items():
+        line, row_means = [row_name], []
+        for col_key in cols:
+            found = by_key.get(key(row_key, col_key), [])
+            values = [v for v in (metric_of(r, metric) for r in found) if v is not None]
+            if len(values) < expected_seeds:
+                missing.append(f"{key(row_key, col_key)}: {len(values)}/{expected_seeds} seeds")
+            line.append(cell(values, percent, expected_seeds))
+            if values:
+                row_means.append(statistics.fmean(values))
+        if average:
+            line.append(
+                f"{statistics.fmean(row_means) * (100 if percent else 1):.{1 if percent else 4}f}"
+                if len(row_means) == len(cols)
+                else MISSING
+            )
+        body.append(line)
+    return body, missing
+
+
+def build_tables(runs: list[Run], seeds: int = 3) -> dict[str, Table]:
+    tables: dict[str, Table] = {}
+    have_success = any(r.success_rate is not None for r in runs)
+    have_offline = any(r.offline for r in runs)
+    specs = []
+    if have_success:
+        specs.append(("success", True, "LIBERO success rate (%)"))
+    if have_offline:
+        specs.append(("heldout_l1", False, "held-out action L1 (normalised)"))
+    for metric, percent, label in specs:
+        suffix = "" if metric == "success" else "_offline"
+        body, missing = _grid(runs, "1", METHODS, SUITES, lambda r, c: f"{c}-{r}", metric, percent, seeds, True)
+        tables[f"table1{suffix}"] = Table(
+            f"Table 1: {label}, mean ± std over seeds (n)",
+            ["Method", *SUITES.values(), "Avg"],
+            body,
+            [f"missing: {m}" for m in missing] or ["all runs present"],
+        )
+        shots = {"5shot": "5-shot", "10shot": "10-shot"}
+        body, missing = _grid(runs, "2", METHODS, shots, lambda r, c: f"{c}-{r}", metric, percent, seeds, False)
+        tables[f"table2{suffix}"] = Table(
+            f"Table 2: few-shot LIBERO-Spatial, {label}",
+            ["Method", *shots.values()],
+            body,
+            [f"missing: {m}" for m in missing] or ["all runs present"],
+        )
+    columns = {
+        "success": "Success (%)",
+        "retention": "Retention loss",
+        "conflict": "Conflict ratio",
+        "heldout_l1": "Held-out L1",
+        "cka_raw": "CKA (raw, last layer)",
+    }
+    by_key: dict[str, list[Run]] = defaultdict(list)
+    for run in runs:
+        if run.table == "4":
+            by_key[run.key].append(run)
+    body, missing = [], []
+    for ablation, label in ABLATIONS.items():
+        line = [label]
+        for metric in columns:
+            values = [v for v in (metric_of(r, metric) for r in by_key.get(ablation, [])) if v is not None]
+            line.append(cell(values, metric == "success", seeds))
+        if len(by_key.get(ablation, [])) < seeds:
+            missing.append(f"{ablation}: {len(by_key.get(ablation, []))}/{seeds} seeds")
+        body.append(line)
+    tables["table4"] = Table(
+        "Table 4: CRaFT ablations, mean ± std over seeds (n)",
+        ["Variant", *columns.values()],
+        body,
+        [f"missing: {m}" for m in missing] or ["all runs present"],
+    )
+    return tables
+
+
+def plot_curves(runs: list[Run], out_dir: Path, default_budget: float) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    written = []
+    groups = {
+        "baseline": [r for r in runs if r.key.endswith("baseline")],
+        "craft": [r for r in runs if r.key.endswith("craft") or r.key == "full"],
+    }
+    panels = [
+        ("CRaFT/Retention Loss", "retention_vs_budget.png", "retention loss"),
+        ("CRaFT/Lambda After", "lambda.png", "lambda"),
+        ("CRaFT/Conflict Ratio", "conflict_ratio.png", "conflict ratio (baseline vs CRaFT)"),
+        ("VLA Train/Loss", "action_loss.png", "action L1 loss"),
+    ]
+    for metric, filename, title in panels:
+        fig, ax = plt.subplots(figsize=(6, 3.6))
+        for label, members in groups.items():
+            for i, run in enumerate(members):
+                points = [(r["step"], r[metric]) for r in run.rows if metric in r and r[metric] is not None]
+                if points:
+                    ax.plot(
+                        *zip(*points, strict=True),
+                        color="tab:blue" if label == "baseline" else "tab:orange",
+                        alpha=0.6,
+                        label=METHODS[label] if i == 0 else None,
+                    )
+        if metric == "CRaFT/Retention Loss":
+            budgets = {r.budget for r in runs if r.budget is not None} or {default_budget}
+            for budget in budgets:
+                ax.axhline(budget, color="gray", linestyle="--", label=f"budget {budget:g}")
+        ax.set_title(title)
+        ax.set_xlabel("step")
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        fig.savefig(out_dir / filename, dpi=110)
+        plt.close(fig)
+        written.append(out_dir / filename)
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    width = 0.38
+    for offset, (method, label) in enumerate(METHODS.items()):
+        means, errors = [], []
+        for suite in SUITES:
+            values = [
+                r.success_rate
+                for r in runs
+                if r.table == "1" and r.key == f"{suite}-{method}" and r.success_rate is not None
+            ]
+            means.append(100 * statistics.fmean(values) if values else 0.0)
+            errors.append(100 * statistics.stdev(values) if len(values) > 1 else 0.0)
+        xs = [i + (offset - 0.5) * width for i in range(len(SUITES))]
+        ax.bar(xs, means, width, yerr=errors, label=label)
+    ax.set_xticks(range(len(SUITES)), list(SUITES.values()))
+    ax.set_ylabel("success rate (%)")
+    ax.set_title("LIBERO success per suite")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out_dir / "success_rates.png", dpi=110)
+    plt.close(fig)
+    written.append(out_dir / "success_rates.png")
+    return written
+
+
+@draccus.wrap()
+def main(cfg: MakeTablesConfig) -> None:
+    runs = load_runs(cfg.run_root)
+    if not runs:
+        raise SystemExit(f"no table1-/table2-/table4- runs under {cfg.run_root}")
+    cfg.out_dir.mkdir(parents=True, exist_ok=True)
+    tables = build_tables(runs)
+    for name, table in tables.items():
+        (cfg.out_dir / f"{name}.md").write_text(table.markdown())
+        (cfg.out_dir / f"{name}.tex").write_text(table.latex())
+        print(table.markdown())
+    plots = plot_curves(runs, cfg.out_dir, cfg.budget)
+    print(f"{len(runs)} runs; tables and {len(plots)} plots in {cfg.out_dir}")
+
+
+if __name__ == "__main__":
+    main()
