@@ -54,6 +54,18 @@ sweep_defaults() {
   fi
 }
 
+# The guide's full CRaFT configuration (section 2.2), overridable with CRAFT_ARGS.
+CRAFT_ARGS="${CRAFT_ARGS:---use_craft True --craft_retention_budget 0.1 --craft_dual_lr 0.01 --craft_enable_projection True --craft_enable_dual True --craft_anchor_type concat}"
+
+# method_flags METHOD: the finetune flags of "baseline" (measuring CRaFT diagnostics every 100 steps) or "craft".
+method_flags() {
+  case "$1" in
+    baseline) echo "--use_craft False --craft_measure_freq 100" ;;
+    craft) echo "$CRAFT_ARGS" ;;
+    *) echo "unknown method '$1' (baseline craft)" >&2; return 2 ;;
+  esac
+}
+
 SWEEP_NAMES=()
 SWEEP_FLAGS=()
 SWEEP_STEPS=()

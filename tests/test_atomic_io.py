@@ -53,3 +53,17 @@ def test_staged_directory_refuses_to_replace_without_overwrite(tmp_path: Path) -
     (tmp_path / "ckpt").mkdir()
     with pytest.raises(FileExistsError), staged_directory(tmp_path / "ckpt"):
         pass
+
+
+def test_written_files_get_the_usual_permissions(tmp_path: Path) -> None:
+    import os
+
+    mask = os.umask(0o022)
+    try:
+        path = atomic_write_text(tmp_path / "f.txt", "x")
+        with staged_directory(tmp_path / "d") as tmp:
+            (tmp / "a").write_text("1")
+    finally:
+        os.umask(mask)
+    assert path.stat().st_mode & 0o777 == 0o644
+    assert (tmp_path / "d").stat().st_mode & 0o777 == 0o755

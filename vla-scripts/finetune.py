@@ -7,7 +7,7 @@
 
 Plain `python vla-scripts/finetune.py ...` runs one process. Resume with
 `--resume True --resume_step N --resum_vla_path runs/<run>--N_chkpt` (the other flags default to the checkpoint's).
-All flags: `python vla-scripts/finetune.py --help`; guide: docs/TRAINING.md.
+All flags: `python vla-scripts/finetune.py --help`; guide: docs/TRAINING_AND_EVALUATION.md.
 """
 
 import sys

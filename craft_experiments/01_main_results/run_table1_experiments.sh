@@ -17,7 +17,6 @@ SUITES="${SUITES:-spatial object goal long}"
 METHODS="${METHODS:-baseline craft}"
 SEEDS="${SEEDS:-42 123 456}"
 DEFAULT_STEPS=$([[ "${SMOKE:-0}" == "1" ]] && echo 8 || echo 20000)
-CRAFT_ARGS="${CRAFT_ARGS:---use_craft True --craft_retention_budget 0.1 --craft_dual_lr 0.01 --craft_enable_projection True --craft_enable_dual True --craft_anchor_type concat}"
 
 declare -A DATASET=([spatial]=libero_spatial [object]=libero_object [goal]=libero_goal [long]=libero_10)
 for suite in $SUITES; do
@@ -30,13 +29,9 @@ for suite in $SUITES; do
     dataset_flag="--dataset_name ${DATASET[$suite]}_no_noops"
   fi
   for method in $METHODS; do
-    case "$method" in
-      baseline) method_flags="--use_craft False --craft_measure_freq 100" ;;
-      craft) method_flags="$CRAFT_ARGS" ;;
-      *) echo "unknown method '$method' (baseline craft)" >&2; exit 2 ;;
-    esac
+    flags="$(method_flags "$method")" || exit 2
     for seed in $SEEDS; do
-      sweep_add "table1-$suite-$method-seed$seed" "$steps" "${DATASET[$suite]}" $dataset_flag --seed "$seed" $method_flags
+      sweep_add "table1-$suite-$method-seed$seed" "$steps" "${DATASET[$suite]}" $dataset_flag --seed "$seed" $flags
     done
   done
 done

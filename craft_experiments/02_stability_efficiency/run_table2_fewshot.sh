@@ -15,18 +15,13 @@ SHOTS="${SHOTS:-5 10}"
 METHODS="${METHODS:-baseline craft}"
 SEEDS="${SEEDS:-42 123 456}"
 STEPS="${STEPS:-$([[ "${SMOKE:-0}" == "1" ]] && echo 8 || echo 5000)}"
-CRAFT_ARGS="${CRAFT_ARGS:---use_craft True --craft_retention_budget 0.1 --craft_dual_lr 0.01 --craft_enable_projection True --craft_enable_dual True --craft_anchor_type concat}"
 
 for shots in $SHOTS; do
   for method in $METHODS; do
-    case "$method" in
-      baseline) method_flags="--use_craft False --craft_measure_freq 100" ;;
-      craft) method_flags="$CRAFT_ARGS" ;;
-      *) echo "unknown method '$method' (baseline craft)" >&2; exit 2 ;;
-    esac
+    flags="$(method_flags "$method")" || exit 2
     for seed in $SEEDS; do
       sweep_add "table2-${shots}shot-$method-seed$seed" "$STEPS" libero_spatial \
-        --dataset_name libero_spatial_no_noops --n_shot_episodes "$shots" --seed "$seed" $method_flags
+        --dataset_name libero_spatial_no_noops --n_shot_episodes "$shots" --seed "$seed" $flags
     done
   done
 done

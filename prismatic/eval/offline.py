@@ -18,11 +18,11 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from craft import CRaFTConfig, extract_features, masked_mean_pool, retention_loss
+from craft import CRaFTConfig, masked_mean_pool, retention_loss
 from prismatic.models.loaders import LoadedPolicy, load_prismatic_vlm
 from prismatic.models.tokenizer import load_tokenizer
 from prismatic.models.vlm import PrismaticVLM, VLMOutput
-from prismatic.training.anchor import token_masks
+from prismatic.training.anchor import retention_features, token_masks
 from prismatic.vla.constants import IGNORE_INDEX
 from prismatic.vla.datasets import PaddedCollatorForActionPrediction, RLDSBatchTransform, RLDSDataset
 from prismatic.vla.normalization import unnormalize
@@ -128,17 +128,7 @@ def evaluate_offline(
                 errors[f"{name}/current"].append(err[:, 0])
                 errors[f"{name}/next"].append(err[:, 1:])
                 errors[f"{name}/all"].append(err)
-            feats = [
-                extract_features(
-                    o.hidden_states,
-                    token_masks(o),
-                    anchor_type=craft_config.anchor_type,
-                    anchor_layer_idx=craft_config.anchor_layer_idx,
-                    cr_token_mode=craft_config.cr_token_mode,
-                    num_layers=num_layers,
-                )
-                for o in (out.vlm, base_out)
-            ]
+            feats = [retention_features(o, craft_config, num_layers) for o in (out.vlm, base_out)]
             retention.append(float(retention_loss(feats[0], feats[1]).loss) * keep)
             tuned.add(out.vlm)
             initial.add(base_out)

@@ -48,13 +48,13 @@ class FinetuneConfig:
     n_shot_episodes: int | None = None      # K episodes per task (few-shot)
     data_sharding: str = "episodes"         # episodes: disjoint episode shards per process; samples: one global
                                             # stream split by sample (same sequence for any number of processes)
-    heldout_episode_fraction: float = 0.05  # episodes kept out of training (reference: train[:95%])
+    heldout_episode_fraction: float = 0.05  # episodes kept out of training (reference: first 95 percent)
 
     # -- optimisation ---------------------------------------------------------------------------------------------
     batch_size: int = 8                     # per process; global = batch_size x processes x grad_accumulation_steps
     grad_accumulation_steps: int = 1
     learning_rate: float = 5e-4
-    lr_warmup_steps: int = 0                # linear warmup from 10% to 100% of the learning rate
+    lr_warmup_steps: int = 0                # linear warmup from 10 to 100 percent of the learning rate
     num_steps_before_decay: int = 100_000   # learning rate x 0.1 after this many steps
     max_steps: int = 20_000                 # optimizer steps
     weight_decay: float = 0.01

@@ -16,11 +16,18 @@ from pathlib import Path
 from typing import Any
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
     """Write `data` to `path` through a temporary sibling file and an atomic rename."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; the final file gets the usual permissions
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -55,6 +62,7 @@ def staged_directory(final_dir: str | Path, overwrite: bool = False) -> Iterator
         raise FileExistsError(f"{final_dir} already exists; remove it or pass overwrite=True to replace it")
     final_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp_dir = Path(tempfile.mkdtemp(prefix=f".{final_dir.name}.", suffix=".tmp", dir=final_dir.parent))
+    os.chmod(tmp_dir, 0o777 & ~_umask())  # mkdtemp creates 0700; the final folder gets the usual permissions
     try:
         yield tmp_dir
         if final_dir.exists():
