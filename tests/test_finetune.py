@@ -393,3 +393,32 @@ def test_wrapper_infers_and_corrects_the_resume_step(tmp_path: Path) -> None:
         and "--grad_accumulation_steps 4" in fresh.stdout
         and "--learning_rate 2e-4" in fresh.stdout
     )
+
+
+def test_wandb_offline_logs_the_guide_keys(
+    tmp_path: Path, tiny_assets: tuple[Path, Path], tiny_libero: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    runs = tmp_path / "runs"
+    train(
+        FinetuneConfig(
+            **tiny_args(
+                tiny_assets,
+                tiny_libero,
+                runs,
+                max_steps=2,
+                save_freq=2,
+                use_craft=True,
+                use_wandb=True,
+                wandb_mode="offline",
+                wandb_log_freq=1,
+            )
+        )
+    )
+    offline_runs = list((runs / "tiny" / "wandb").glob("offline-run-*"))
+    assert len(offline_runs) == 1
+    history = list(offline_runs[0].glob("run-*.wandb"))
+    assert len(history) == 1
+    logged = history[0].read_bytes()  # the offline run log (protobuf records) holds the metric names
+    for key in (metrics.LOSS, metrics.CURR_L1, metrics.RET, metrics.LAMBDA, metrics.CONFLICT, metrics.LR):
+        assert key.encode() in logged, key
