@@ -270,11 +270,25 @@ def test_nonfinite_steps_are_skipped_then_abort(
     with pytest.raises(NonFiniteTrainingError, match="--learning_rate"):
         train(
             FinetuneConfig(
-                **tiny_args(tiny_assets, tiny_libero, runs, max_steps=10, save_freq=10, max_nonfinite_steps=2)
+                **tiny_args(
+                    tiny_assets,
+                    tiny_libero,
+                    runs,
+                    max_steps=10,
+                    save_freq=10,
+                    max_nonfinite_steps=2,
+                    use_craft=True,
+                    craft_retention_budget=1e-6,
+                    craft_dual_lr=10.0,
+                    craft_initial_lambda=0.5,
+                )
             )
         )
     rows = read_metrics(runs / "tiny")
     assert [r[metrics.SKIPPED] for r in rows] == [0.0, 1.0, 2.0]
+    # the retention loss stays finite, but a skipped step moves neither the weights nor lambda
+    assert rows[1][metrics.RET] > 0 and rows[1][metrics.LAMBDA_AFTER] == rows[1][metrics.LAMBDA_BEFORE]
+    assert rows[2][metrics.LAMBDA_BEFORE] == rows[1][metrics.LAMBDA_AFTER]
     log = (runs / "tiny" / "train_progress.log").read_text()
     assert "Loss: nan" in log and "update skipped" in log
 

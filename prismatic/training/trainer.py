@@ -365,6 +365,7 @@ def _train(cfg: FinetuneConfig, ctx: DistContext) -> Path:
     for step in progress:
         step_start = time.perf_counter()
         measure = cfg.use_craft or (cfg.craft_measure_freq > 0 and step % cfg.craft_measure_freq == 0)
+        dual_before = craft_step.dual.state_dict() if craft_step is not None else None
         losses, craft_stats, data_wait = compute_gradients(stepper, batches, step, measure)
 
         # Clip / measure the (already averaged over processes) gradient; skip the update if anything is non-finite.
@@ -377,6 +378,8 @@ def _train(cfg: FinetuneConfig, ctx: DistContext) -> Path:
             optimizer.step()
             counters["consecutive_nonfinite"] = 0
         else:
+            if craft_step is not None and dual_before is not None:
+                craft_step.dual.load_state_dict(dual_before)  # a skipped step does not move lambda either
             counters["skipped_steps"] += 1
             counters["consecutive_nonfinite"] += 1
             sinks.message(
@@ -400,6 +403,8 @@ def _train(cfg: FinetuneConfig, ctx: DistContext) -> Path:
         }
         if craft_stats is not None:
             metrics.update(craft_stats.to_metrics())
+            if not finite:  # lambda was restored with the skipped update
+                metrics[M.LAMBDA] = metrics[M.LAMBDA_AFTER] = craft_stats.lambda_before
         sinks.log(step, metrics)
         if ctx.is_main:
             progress.set_postfix(loss=f"{metrics[M.LOSS]:.4f}", refresh=False)
