@@ -14,7 +14,8 @@
 #   GPUS [all visible GPUs, or "cpu"]  GPUS_PER_RUN [1]  BATCH_SIZE [8]  GRAD_ACCUMULATION_STEPS [1]
 #   LEARNING_RATE [5e-4]  SAVE_FREQ [5000]  USE_WANDB [True]  WANDB_PROJECT [vla-craft]  EXTRA_ARGS [""]
 #   EVAL [libero | offline | none; default libero]  EVAL_TRIALS [50]  EVAL_WORKERS [4]  EVAL_ARGS [""]
-#   DRY_RUN [0; 1 prints the commands only]  SMOKE [0; 1 = tiny assets, synthetic data, a few steps, offline eval]
+#   DRY_RUN [0; 1 prints the commands only]  SMOKE [0; 1 = tiny assets, synthetic data, a few steps, offline eval;
+#   missing assets are built first, SMOKE_EPISODES_PER_TASK (5) synthetic episodes per task]
 set -uo pipefail
 
 SWEEP_REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -168,10 +169,33 @@ _run_job() {
   echo "done" > "$dir/status"
 }
 
+# Smoke mode builds what it trains on when missing: the tiny VLM with its config bundle and one synthetic RLDS
+# dataset per suite of the sweep (both steps keep assets that already exist).
+_smoke_assets_commands() {
+  [[ "${SMOKE:-0}" == "1" ]] || return 0
+  local datasets
+  datasets="$(printf '%s_no_noops\n' "${SWEEP_SUITES[@]}" | sort -u | paste -sd, -)"
+  _q "$PYTHON" "$SWEEP_REPO/vla-scripts/make_tiny_vlm.py" --vlm_dir "$VLM_PATH" --bundle_dir "$CONFIG_FILE_PATH"
+  echo
+  _q "$PYTHON" "$SWEEP_REPO/vla-scripts/make_synthetic_libero.py" --data_root_dir "$DATA_ROOT_DIR" \
+    --suites "[$datasets]" --episodes_per_task "${SMOKE_EPISODES_PER_TASK:-5}" --seed 0
+  echo
+}
+
 sweep_run() {
   sweep_defaults
   cd "$SWEEP_REPO" || exit 2
   local n=${#SWEEP_NAMES[@]}
+  local asset_cmd
+  while IFS= read -r asset_cmd; do
+    [[ -n "$asset_cmd" ]] || continue
+    if [[ "${DRY_RUN:-0}" == "1" ]]; then
+      echo "$asset_cmd"
+    elif ! eval "$asset_cmd"; then
+      echo "[sweep] could not build the smoke assets: $asset_cmd" >&2
+      exit 1
+    fi
+  done < <(_smoke_assets_commands)
   if [[ "${DRY_RUN:-0}" == "1" ]]; then
     for ((i = 0; i < n; i++)); do
       local name="${SWEEP_NAMES[$i]}" steps="${SWEEP_STEPS[$i]}"

@@ -66,6 +66,20 @@ def test_table1_plans_every_suite_method_and_seed(tmp_path: Path) -> None:
     assert all("--task_suite_name libero_goal" in c for c in evals if "-goal-" in c)
 
 
+def test_smoke_mode_builds_its_assets_and_trains_each_suite_on_its_own_data(tmp_path: Path) -> None:
+    proc = sweep("table1", tmp_path, DRY_RUN="1", SMOKE="1", SUITES="goal long", SEEDS="42")
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert "make_tiny_vlm.py" in lines[0]
+    assert "make_synthetic_libero.py" in lines[1]
+    assert r"--suites \[libero_10_no_noops\,libero_goal_no_noops\]" in lines[1]
+    train, _ = planned(proc.stdout)
+    assert len(train) == 4
+    assert all("--dataset_name libero_goal_no_noops" in c for c in train if "-goal-" in c)
+    assert all("--dataset_name libero_10_no_noops" in c for c in train if "-long-" in c)
+    assert all("--max_steps 8" in c and "--data_root_dir data/synthetic_libero" in c for c in train)
+
+
 def test_table2_and_table4_plans(tmp_path: Path) -> None:
     train, _ = planned(sweep("table2", tmp_path, DRY_RUN="1").stdout)
     assert sorted(run_names(train)) == sorted(

@@ -23,15 +23,10 @@ for suite in $SUITES; do
   [[ -n "${DATASET[$suite]:-}" ]] || { echo "unknown suite '$suite' (spatial object goal long)" >&2; exit 2; }
   var="STEPS_${suite^^}"
   steps="${!var:-$DEFAULT_STEPS}"
-  if [[ "${SMOKE:-0}" == "1" ]]; then
-    dataset_flag="--dataset_name libero_spatial_no_noops"   # the smoke data has the spatial suite only
-  else
-    dataset_flag="--dataset_name ${DATASET[$suite]}_no_noops"
-  fi
   for method in $METHODS; do
     flags="$(method_flags "$method")" || exit 2
     for seed in $SEEDS; do
-      sweep_add "table1-$suite-$method-seed$seed" "$steps" "${DATASET[$suite]}" $dataset_flag --seed "$seed" $flags
+      sweep_add "table1-$suite-$method-seed$seed" "$steps" "${DATASET[$suite]}" --dataset_name "${DATASET[$suite]}_no_noops" --seed "$seed" $flags
     done
   done
 done

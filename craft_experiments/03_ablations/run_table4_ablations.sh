@@ -18,7 +18,6 @@ STEPS="${STEPS:-$([[ "${SMOKE:-0}" == "1" ]] && echo 8 || echo 20000)}"
 declare -A DATASET=([spatial]=libero_spatial [object]=libero_object [goal]=libero_goal [long]=libero_10)
 [[ -n "${DATASET[$SUITE]:-}" ]] || { echo "unknown SUITE '$SUITE' (spatial object goal long)" >&2; exit 2; }
 dataset="${DATASET[$SUITE]}_no_noops"
-[[ "${SMOKE:-0}" == "1" ]] && dataset="libero_spatial_no_noops"   # the smoke data has the spatial suite only
 BASE="--use_craft True --craft_retention_budget 0.1 --craft_dual_lr 0.01"
 
 for ablation in $ABLATIONS; do
