@@ -205,6 +205,15 @@ def test_streams_are_deterministic_when_seeded(data_root: Path) -> None:
     assert frames != sorted(frames)
 
 
+def test_sequential_and_parallel_pipelines_yield_the_same_samples(data_root: Path) -> None:
+    """Parallelism is a speed knob only: the benchmark's naive pipeline must see the training stream's samples."""
+    parallel = take(stream_cfg(data_root, image_aug=True, seed=3), 30)
+    sequential = take(stream_cfg(data_root, image_aug=True, seed=3, num_parallel_calls=1, prefetch=False), 30)
+    assert [_signature(s) for s in sequential] == [_signature(s) for s in parallel]
+    with pytest.raises(ValueError, match="num_parallel_calls"):
+        build_frame_stream(stream_cfg(data_root, num_parallel_calls=0))
+
+
 def test_restart_at_a_sample_continues_the_same_sequence(data_root: Path) -> None:
     cfg = stream_cfg(data_root, image_aug=True, seed=9)
     full = take(cfg, 60)
