@@ -1,6 +1,6 @@
 """Tables and plots of the paper sweeps, from the run folders they leave.
 
-    python craft_experiments/make_tables.py --run_root runs --out_dir results
+    python craft_experiments/make_tables.py --run_root runs    # writes runs/results/
 
 Reads every `table1-*`, `table2-*` and `table4-*` run under `--run_root` (`<run>/<run>/metrics.jsonl`,
 `<run>/eval_<suite>/eval_results.json`, `<run>/offline_eval.json`) and writes, for each table, Markdown and LaTeX with
@@ -35,7 +35,7 @@ MISSING = "—"
 @dataclass
 class MakeTablesConfig:
     run_root: Path = Path("runs")
-    out_dir: Path = Path("results")
+    out_dir: Path | None = None  # default: <run_root>/results, beside the (git-ignored) runs it summarises
     budget: float = 0.1  # epsilon drawn on the retention plot when runs do not record it
 
 
@@ -299,14 +299,15 @@ def main(cfg: MakeTablesConfig) -> None:
     runs = load_runs(cfg.run_root)
     if not runs:
         raise SystemExit(f"no table1-/table2-/table4- runs under {cfg.run_root}")
-    cfg.out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = cfg.out_dir if cfg.out_dir is not None else cfg.run_root / "results"
+    out_dir.mkdir(parents=True, exist_ok=True)
     tables = build_tables(runs)
     for name, table in tables.items():
-        (cfg.out_dir / f"{name}.md").write_text(table.markdown())
-        (cfg.out_dir / f"{name}.tex").write_text(table.latex())
+        (out_dir / f"{name}.md").write_text(table.markdown())
+        (out_dir / f"{name}.tex").write_text(table.latex())
         print(table.markdown())
-    plots = plot_curves(runs, cfg.out_dir, cfg.budget)
-    print(f"{len(runs)} runs; tables and {len(plots)} plots in {cfg.out_dir}")
+    plots = plot_curves(runs, out_dir, cfg.budget)
+    print(f"{len(runs)} runs; tables and {len(plots)} plots in {out_dir}")
 
 
 if __name__ == "__main__":

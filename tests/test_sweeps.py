@@ -200,13 +200,15 @@ def test_tables_and_plots_from_fabricated_runs(tmp_path: Path) -> None:
     assert t4["w/o Dual"][1] == "65.0 ± 7.1 (2/3)" and t4["w/o Dual"][2] == "0.0600 ± 0.0141 (2/3)"
     assert t4["AQ Only"][1] == make_tables.MISSING
     assert r"85.0 $\pm$ 7.1 (2/3)" in t1.latex() and "\\toprule" in t1.latex()
-    out = tmp_path / "results"
+    out = root / "results"  # the default --out_dir: beside the runs, not in the working directory
     proc = subprocess.run(
-        [sys.executable, str(EXPERIMENTS / "make_tables.py"), "--run_root", str(root), "--out_dir", str(out)],
+        [sys.executable, str(EXPERIMENTS / "make_tables.py"), "--run_root", str(root)],
         capture_output=True,
         text=True,
+        cwd=tmp_path,
     )
     assert proc.returncode == 0, proc.stderr
+    assert not (tmp_path / "results").exists()
     for name in (
         "table1.md",
         "table1.tex",
