@@ -10,15 +10,13 @@ and the growth of resident memory during the steps (what training adds on top of
 """
 
 import json
-import os
-import resource
-import subprocess
-import sys
 import time
 from dataclasses import dataclass, field
 
 import draccus
 import torch
+
+from prismatic.util.benchmarking import peak_resident_memory_gb, resident_memory_gb, run_json_worker
 
 CONFIGS = ("tiny", "mid")
 TUNINGS = ("lora", "full")
@@ -32,11 +30,6 @@ class BenchCraftConfig:
     grad_accumulation_steps: int = 2
     steps: int = 4  # timed optimizer steps (after one warm-up step)
     worker: str = ""  # internal: "<config>,<tuning>,<method>"
-
-
-def rss_gb() -> float:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**30
 
 
 def run_worker(cfg: BenchCraftConfig) -> dict:
@@ -82,7 +75,7 @@ def run_worker(cfg: BenchCraftConfig) -> dict:
         for _ in range((cfg.steps + 1) * cfg.grad_accumulation_steps)
     ]
     stream = iter(batches)
-    rss_before = rss_gb()
+    rss_before = resident_memory_gb()
     times = []
     for step in range(cfg.steps + 1):
         start = time.perf_counter()
@@ -91,7 +84,7 @@ def run_worker(cfg: BenchCraftConfig) -> dict:
         optimizer.zero_grad(set_to_none=True)
         if step > 0:
             times.append(time.perf_counter() - start)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    peak = peak_resident_memory_gb()
     return {
         "config": name,
         "tuning": tuning,
@@ -113,22 +106,13 @@ def main(cfg: BenchCraftConfig) -> None:
         for tuning in cfg.tunings:
             pair = {}
             for method in ("baseline", "craft"):
-                args = [
-                    sys.executable,
-                    __file__,
-                    "--worker",
-                    f"{name},{tuning},{method}",
-                    "--steps",
-                    str(cfg.steps),
-                    "--batch_size",
-                    str(cfg.batch_size),
-                    "--grad_accumulation_steps",
-                    str(cfg.grad_accumulation_steps),
-                ]
-                proc = subprocess.run(args, capture_output=True, text=True, check=False)
-                if proc.returncode != 0:
-                    raise SystemExit(f"{name}/{tuning}/{method} failed:\n{proc.stderr[-3000:]}")
-                pair[method] = json.loads(proc.stdout.strip().splitlines()[-1])
+                flags = {
+                    "worker": f"{name},{tuning},{method}",
+                    "steps": cfg.steps,
+                    "batch_size": cfg.batch_size,
+                    "grad_accumulation_steps": cfg.grad_accumulation_steps,
+                }
+                pair[method] = run_json_worker(__file__, flags, f"{name}/{tuning}/{method}")
                 results.append(pair[method])
             base, craft = pair["baseline"], pair["craft"]
             ratios.append(

@@ -10,6 +10,8 @@ from typing import Any, TextIO
 
 from tqdm import tqdm
 
+from prismatic.util.benchmarking import peak_resident_memory_gb
+
 # WandB / metrics.jsonl keys, exactly as the user's guide names them.
 LOSS = "VLA Train/Loss"
 CURR_L1 = "VLA Train/Curr Action L1 Loss"
@@ -31,11 +33,9 @@ CONFLICT = "CRaFT/Conflict Ratio"
 
 def peak_memory_gb(device_type: str) -> dict[str, float]:
     """Peak resident memory of this process (and peak allocated CUDA memory on GPUs), in GB."""
-    import resource
-
     import torch
 
-    out = {PEAK_CPU_MEMORY: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}
+    out = {PEAK_CPU_MEMORY: peak_resident_memory_gb()}
     if device_type == "cuda":
         out[PEAK_GPU_MEMORY] = torch.cuda.max_memory_allocated() / 2**30
     return out

@@ -12,7 +12,6 @@ machine. Generates the synthetic LIBERO-Spatial data first if it is missing.
 
 import json
 import os
-import resource
 import subprocess
 import sys
 import time
@@ -20,6 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import draccus
+
+from prismatic.util.benchmarking import peak_resident_memory_gb, resident_memory_gb, run_json_worker
 
 CONFIGS = {
     "1cam": {"num_images": 1, "image_aug": False},
@@ -40,11 +41,6 @@ class BenchDataConfig:
     num_batches: int = 100  # timed batches per configuration (after 3 warm-up batches)
     memory_samples: int = 10_000  # streamed for the memory measurement (2 cameras, augmentation)
     worker: str = ""  # internal
-
-
-def rss_gb() -> float:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**30
 
 
 def cpu_seconds() -> float:
@@ -68,7 +64,7 @@ def run_worker(cfg: BenchDataConfig) -> dict:
         start = time.perf_counter()
         for i, _ in enumerate(dataset, 1):
             if i % 1000 == 0:
-                trace.append(round(rss_gb(), 3))
+                trace.append(round(resident_memory_gb(), 3))
             if i >= cfg.memory_samples:
                 break
         return {
@@ -99,7 +95,7 @@ def run_worker(cfg: BenchDataConfig) -> dict:
         **options,
         "samples_per_s": round(cfg.num_batches * cfg.batch_size / elapsed, 1),
         "cpu_cores_used": round((cpu_seconds() - cpu_start) / elapsed, 2),
-        "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2),
+        "peak_rss_gb": round(peak_resident_memory_gb(), 2),
     }
 
 
@@ -124,28 +120,16 @@ def main(cfg: BenchDataConfig) -> None:
     for name in [*cfg.configs, "memory"]:
         if name != "memory" and name not in CONFIGS:
             raise SystemExit(f"--configs: unknown {name!r}; choose from {sorted(CONFIGS)}")
-        args = [
-            sys.executable,
-            __file__,
-            "--worker",
-            name,
-            "--data_root_dir",
-            str(cfg.data_root_dir),
-            "--dataset_name",
-            cfg.dataset_name,
-            "--config_file_path",
-            str(cfg.config_file_path),
-            "--batch_size",
-            str(cfg.batch_size),
-            "--num_batches",
-            str(cfg.num_batches),
-            "--memory_samples",
-            str(cfg.memory_samples),
-        ]
-        proc = subprocess.run(args, capture_output=True, text=True, check=False)
-        if proc.returncode != 0:
-            raise SystemExit(f"benchmark {name} failed:\n{proc.stderr[-3000:]}")
-        results.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+        flags = {
+            "worker": name,
+            "data_root_dir": cfg.data_root_dir,
+            "dataset_name": cfg.dataset_name,
+            "config_file_path": cfg.config_file_path,
+            "batch_size": cfg.batch_size,
+            "num_batches": cfg.num_batches,
+            "memory_samples": cfg.memory_samples,
+        }
+        results.append(run_json_worker(__file__, flags, name))
     by_name = {r["config"]: r for r in results}
     summary = {}
     if "2cam_aug" in by_name and "2cam_aug_naive" in by_name:

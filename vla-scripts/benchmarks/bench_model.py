@@ -9,9 +9,6 @@ the CPU with torch's default threads.
 """
 
 import json
-import resource
-import subprocess
-import sys
 import time
 from dataclasses import dataclass, field
 
@@ -22,6 +19,7 @@ from prismatic.models.lora import LoRASettings, apply_lora
 from prismatic.models.policy import VLAAdapterPolicy
 from prismatic.models.presets import FULL, MID, TINY
 from prismatic.models.vlm import PrismaticVLM
+from prismatic.util.benchmarking import peak_resident_memory_gb, run_json_worker
 from prismatic.vla.constants import ACTION_QUERY_TOKEN_ID, IGNORE_INDEX, LIBERO_CONSTANTS
 
 CONFIGS = {"tiny": (TINY, 8), "mid": (MID, 64), "full": (FULL, 64)}
@@ -66,7 +64,7 @@ def run_one(name: str, iterations: int) -> dict:
         "build_s": round(build_s, 2),
         "fwd_bwd_s_mean": round(sum(times) / len(times), 3),
         "fwd_bwd_s_min": round(min(times), 3),
-        "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2),
+        "peak_rss_gb": round(peak_resident_memory_gb(), 2),
         "threads": torch.get_num_threads(),
     }
 
@@ -80,15 +78,7 @@ def main(cfg: BenchModelConfig) -> None:
     for name in cfg.configs:
         if name not in CONFIGS:
             raise SystemExit(f"--configs: unknown {name!r}; choose from {sorted(CONFIGS)}")
-        proc = subprocess.run(
-            [sys.executable, __file__, "--worker", name, "--iterations", str(cfg.iterations)],
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-        if proc.returncode != 0:
-            raise SystemExit(f"benchmark {name} failed:\n{proc.stderr[-2000:]}")
-        results.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+        results.append(run_json_worker(__file__, {"worker": name, "iterations": cfg.iterations}, name))
     print(json.dumps({"benchmark": "policy_forward_backward_batch1", "device": "cpu", "results": results}, indent=2))
 
 
