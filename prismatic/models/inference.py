@@ -15,7 +15,7 @@ from transformers import PreTrainedTokenizerBase
 
 from prismatic.models.image_processing import ImageLike, PrismaticImageProcessor
 from prismatic.models.policy import VLAAdapterPolicy
-from prismatic.models.prompting import pad_prompts, vla_prompt_ids
+from prismatic.models.prompting import PromptIdCache, pad_prompts
 from prismatic.vla.normalization import normalize, unnormalize
 
 
@@ -44,6 +44,7 @@ class ActionPredictor:
     ) -> None:
         self.policy = policy.to(device).eval()
         self.tokenizer = tokenizer
+        self.prompt_ids = PromptIdCache(tokenizer)
         self.stats = select_statistics(dataset_statistics, unnorm_key)
         self.device = torch.device(device)
         self.autocast_dtype = autocast_dtype
@@ -69,9 +70,7 @@ class ActionPredictor:
             raise ValueError(f"each sample needs {self.num_images} image(s) (num_images_in_input)")
         robot = self.policy.robot
         pixel_values = torch.stack([self.processor(list(views)) for views in images]).to(self.device)
-        batch = pad_prompts(
-            [vla_prompt_ids(self.tokenizer, text) for text in instructions], self.tokenizer.pad_token_id
-        )
+        batch = pad_prompts([self.prompt_ids(text) for text in instructions], self.tokenizer.pad_token_id)
         proprio_t = None
         if self.policy.use_proprio:
             if proprio is None:

@@ -38,6 +38,21 @@ def vla_prompt_ids(tokenizer: PreTrainedTokenizerBase, instruction: str) -> list
     return [*ids, *([ACTION_QUERY_TOKEN_ID] * NUM_ACTION_QUERIES)]
 
 
+class PromptIdCache:
+    """`vla_prompt_ids` per instruction, tokenised once: a dataset or an evaluation suite has a few dozen
+    instructions, while training asks once per sample and rollouts once per policy query."""
+
+    def __init__(self, tokenizer: PreTrainedTokenizerBase) -> None:
+        self.tokenizer = tokenizer
+        self._ids: dict[str, list[int]] = {}
+
+    def __call__(self, instruction: str) -> list[int]:
+        ids = self._ids.get(instruction)
+        if ids is None:
+            ids = self._ids[instruction] = vla_prompt_ids(self.tokenizer, instruction)
+        return ids
+
+
 def pad_prompts(sequences: Sequence[Sequence[int]], pad_token_id: int) -> dict[str, torch.Tensor]:
     """Right-pad prompt+query id lists: `input_ids`, `attention_mask`, and `labels` marking the query positions.
 

@@ -17,7 +17,7 @@ from torch.utils.data import IterableDataset
 from transformers import PreTrainedTokenizerBase
 
 from prismatic.models.image_processing import PrismaticImageProcessor
-from prismatic.models.prompting import pad_prompts, vla_prompt_ids
+from prismatic.models.prompting import PromptIdCache, pad_prompts
 from prismatic.vla.datasets.rlds.stream import StreamConfig, StreamInfo, build_frame_stream
 
 
@@ -26,18 +26,11 @@ class RLDSBatchTransform:
 
     def __init__(self, tokenizer: PreTrainedTokenizerBase) -> None:
         self.tokenizer = tokenizer
-        self._prompt_cache: dict[bytes, list[int]] = {}
-
-    def prompt_ids(self, instruction: bytes) -> list[int]:
-        ids = self._prompt_cache.get(instruction)
-        if ids is None:  # a few dozen distinct instructions per dataset: tokenise each once
-            ids = vla_prompt_ids(self.tokenizer, instruction.decode())
-            self._prompt_cache[instruction] = ids
-        return ids
+        self.prompt_ids = PromptIdCache(tokenizer)
 
     def __call__(self, frame: dict[str, Any]) -> dict[str, Any]:
         return {
-            "input_ids": self.prompt_ids(frame["instruction"]),
+            "input_ids": self.prompt_ids(frame["instruction"].decode()),
             "images": frame["images"],  # uint8 (n, 224, 224, 3)
             "actions": frame["action"],  # (chunk, action_dim), normalised
             "proprio": frame["proprio"],  # (proprio_dim,), normalised
