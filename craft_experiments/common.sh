@@ -67,6 +67,20 @@ method_flags() {
   esac
 }
 
+# suite_of NAME: the LIBERO suite of a short suite name (spatial object goal long), e.g. long -> libero_10.
+suite_of() {
+  case "$1" in
+    spatial | object | goal) echo "libero_$1" ;;
+    long) echo "libero_10" ;;
+    *) echo "unknown suite '$1' (spatial object goal long)" >&2; return 2 ;;
+  esac
+}
+
+# default_steps FULL: the optimizer steps of a run, FULL normally and 8 in smoke mode.
+default_steps() {
+  if [[ "${SMOKE:-0}" == "1" ]]; then echo 8; else echo "$1"; fi
+}
+
 SWEEP_NAMES=()
 SWEEP_FLAGS=()
 SWEEP_STEPS=()

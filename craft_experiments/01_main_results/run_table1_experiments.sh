@@ -16,17 +16,16 @@ source "$HERE/../common.sh"
 SUITES="${SUITES:-spatial object goal long}"
 METHODS="${METHODS:-baseline craft}"
 SEEDS="${SEEDS:-42 123 456}"
-DEFAULT_STEPS=$([[ "${SMOKE:-0}" == "1" ]] && echo 8 || echo 20000)
+DEFAULT_STEPS="$(default_steps 20000)"
 
-declare -A DATASET=([spatial]=libero_spatial [object]=libero_object [goal]=libero_goal [long]=libero_10)
 for suite in $SUITES; do
-  [[ -n "${DATASET[$suite]:-}" ]] || { echo "unknown suite '$suite' (spatial object goal long)" >&2; exit 2; }
+  libero_suite="$(suite_of "$suite")" || exit 2
   var="STEPS_${suite^^}"
   steps="${!var:-$DEFAULT_STEPS}"
   for method in $METHODS; do
     flags="$(method_flags "$method")" || exit 2
     for seed in $SEEDS; do
-      sweep_add "table1-$suite-$method-seed$seed" "$steps" "${DATASET[$suite]}" --dataset_name "${DATASET[$suite]}_no_noops" --seed "$seed" $flags
+      sweep_add "table1-$suite-$method-seed$seed" "$steps" "$libero_suite" --dataset_name "${libero_suite}_no_noops" --seed "$seed" $flags
     done
   done
 done

@@ -14,7 +14,7 @@ source "$HERE/../common.sh"
 SHOTS="${SHOTS:-5 10}"
 METHODS="${METHODS:-baseline craft}"
 SEEDS="${SEEDS:-42 123 456}"
-STEPS="${STEPS:-$([[ "${SMOKE:-0}" == "1" ]] && echo 8 || echo 5000)}"
+STEPS="${STEPS:-$(default_steps 5000)}"
 
 for shots in $SHOTS; do
   for method in $METHODS; do

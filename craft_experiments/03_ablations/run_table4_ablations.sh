@@ -14,10 +14,9 @@ source "$HERE/../common.sh"
 ABLATIONS="${ABLATIONS:-full no_projection no_dual aq_only raw_only}"
 SUITE="${SUITE:-long}"
 SEEDS="${SEEDS:-42 123 456}"
-STEPS="${STEPS:-$([[ "${SMOKE:-0}" == "1" ]] && echo 8 || echo 20000)}"
-declare -A DATASET=([spatial]=libero_spatial [object]=libero_object [goal]=libero_goal [long]=libero_10)
-[[ -n "${DATASET[$SUITE]:-}" ]] || { echo "unknown SUITE '$SUITE' (spatial object goal long)" >&2; exit 2; }
-dataset="${DATASET[$SUITE]}_no_noops"
+STEPS="${STEPS:-$(default_steps 20000)}"
+libero_suite="$(suite_of "$SUITE")" || exit 2
+dataset="${libero_suite}_no_noops"
 BASE="--use_craft True --craft_retention_budget 0.1 --craft_dual_lr 0.01"
 
 for ablation in $ABLATIONS; do
@@ -30,7 +29,7 @@ for ablation in $ABLATIONS; do
     *) echo "unknown ablation '$ablation' (full no_projection no_dual aq_only raw_only)" >&2; exit 2 ;;
   esac
   for seed in $SEEDS; do
-    sweep_add "table4-$ablation-seed$seed" "$STEPS" "${DATASET[$SUITE]}" --dataset_name "$dataset" --seed "$seed" $flags
+    sweep_add "table4-$ablation-seed$seed" "$STEPS" "$libero_suite" --dataset_name "$dataset" --seed "$seed" $flags
   done
 done
 sweep_run
