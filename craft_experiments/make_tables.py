@@ -17,7 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import draccus
+from prismatic.training.metrics import read_metrics
+from prismatic.util.cli import cli_entry
 
 SUITES = {"spatial": "Spatial", "object": "Object", "goal": "Goal", "long": "Long"}
 METHODS = {"baseline": "Baseline", "craft": "CRaFT"}
@@ -66,9 +67,7 @@ def load_runs(root: Path) -> list[Run]:
         if not match:
             continue
         run = Run(folder.name, match["table"], match["key"], int(match["seed"]))
-        metrics = folder / folder.name / "metrics.jsonl"
-        if metrics.is_file():
-            run.rows = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
+        run.rows = read_metrics(folder / folder.name / "metrics.jsonl")  # one row per step, even after a resume
         config = folder / folder.name / "finetune_config.yaml"
         if config.is_file():
             found = re.search(r"^craft_retention_budget:\s*([0-9.eE+-]+)", config.read_text(), re.M)
@@ -192,7 +191,8 @@ def build_tables(runs: list[Run], seeds: int = 3) -> dict[str, Table]:
             body,
             [f"missing: {m}" for m in missing] or ["all runs present"],
         )
-        shots = {"5shot": "5-shot", "10shot": "10-shot"}
+        found_shots = sorted({int(r.key.split("shot")[0]) for r in runs if r.table == "2" and "shot-" in r.key})
+        shots = {f"{k}shot": f"{k}-shot" for k in found_shots or (5, 10)}  # smoke sweeps use fewer shots
         body, missing = _grid(runs, "2", METHODS, shots, lambda r, c: f"{c}-{r}", metric, percent, seeds, False)
         tables[f"table2{suffix}"] = Table(
             f"Table 2: few-shot LIBERO-Spatial, {label}",
@@ -294,7 +294,7 @@ def plot_curves(runs: list[Run], out_dir: Path, default_budget: float) -> list[P
     return written
 
 
-@draccus.wrap()
+@cli_entry
 def main(cfg: MakeTablesConfig) -> None:
     runs = load_runs(cfg.run_root)
     if not runs:

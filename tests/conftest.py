@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -54,3 +55,37 @@ def tiny_libero(tmp_path_factory: pytest.TempPathFactory) -> Path:
         root, SyntheticSuiteSpec("libero_spatial_no_noops", episodes_per_task=2, seed=3), num_workers=2
     )
     return root
+
+
+@pytest.fixture
+def shared_episode_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Episode tables cached once per test session, never in the user's ~/.cache."""
+    from prismatic.vla.datasets.rlds import episodes as episodes_module
+
+    monkeypatch.setenv(episodes_module.CACHE_ENV, str(tmp_path_factory.getbasetemp() / "vla_cache"))
+
+
+def tiny_finetune_args(tiny_assets: tuple[Path, Path], data: Path, runs: Path, **overrides: Any) -> dict[str, Any]:
+    """finetune.py flags of a few-second run on the tiny assets (run id `tiny`)."""
+    args: dict[str, Any] = {
+        "vlm_path": tiny_assets[0],
+        "config_file_path": tiny_assets[1],
+        "data_root_dir": data,
+        "dataset_name": "libero_spatial_no_noops",
+        "run_root_dir": runs,
+        "run_id_override": "tiny",
+        "batch_size": 2,
+        "grad_accumulation_steps": 2,
+        "max_steps": 4,
+        "save_freq": 2,
+        "console_log_freq": 1,
+        "shuffle_buffer_size": 300,
+        "lora_rank": 8,
+        "learning_rate": 1e-3,
+    }
+    return {**args, **overrides}
+
+
+def as_cli_args(args: dict[str, Any]) -> list[str]:
+    """`{"batch_size": 2}` -> `["--batch_size", "2"]`."""
+    return [item for key, value in args.items() for item in (f"--{key}", str(value))]

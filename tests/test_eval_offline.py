@@ -16,7 +16,6 @@ from prismatic.models.policy import VLAAdapterPolicy
 from prismatic.training.config import FinetuneConfig
 from prismatic.training.trainer import train
 from prismatic.vla.constants import LIBERO_CONSTANTS
-from prismatic.vla.datasets.rlds import episodes as episodes_module
 from prismatic.vla.datasets.rlds.stream import StreamConfig, build_frame_stream
 
 from conftest import REPO_ROOT, run_python
@@ -24,9 +23,7 @@ from conftest import REPO_ROOT, run_python
 SPATIAL = "libero_spatial_no_noops"
 
 
-@pytest.fixture(autouse=True)
-def isolated_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv(episodes_module.CACHE_ENV, str(tmp_path_factory.getbasetemp() / "vla_cache"))
+pytestmark = pytest.mark.usefixtures("shared_episode_cache")
 
 
 def test_linear_cka_properties() -> None:

@@ -23,7 +23,7 @@ from prismatic.training.schedule import lr_factor
 from prismatic.training.trainer import NonFiniteTrainingError, train
 from prismatic.vla.datasets.rlds import episodes as episodes_module
 
-from conftest import REPO_ROOT, run_python
+from conftest import REPO_ROOT, as_cli_args, run_python, tiny_finetune_args
 
 GUIDE_LINE = re.compile(
     r"^Step \d+/\d+ \| Loss: \d+\.\d{4} \| Ret: (\d+\.\d{4}/\d+\.\d{4}|-) \| λ: (\d+\.\d{3}->\d+\.\d{3}|-) \| "
@@ -31,40 +31,13 @@ GUIDE_LINE = re.compile(
 )
 
 
-@pytest.fixture(autouse=True)
-def isolated_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv(episodes_module.CACHE_ENV, str(tmp_path_factory.getbasetemp() / "vla_cache"))
-
-
-def tiny_args(tiny_assets: tuple[Path, Path], data: Path, runs: Path, **overrides: Any) -> dict[str, Any]:
-    args: dict[str, Any] = {
-        "vlm_path": tiny_assets[0],
-        "config_file_path": tiny_assets[1],
-        "data_root_dir": data,
-        "dataset_name": "libero_spatial_no_noops",
-        "run_root_dir": runs,
-        "run_id_override": "tiny",
-        "batch_size": 2,
-        "grad_accumulation_steps": 2,
-        "max_steps": 4,
-        "save_freq": 2,
-        "console_log_freq": 1,
-        "shuffle_buffer_size": 300,
-        "lora_rank": 8,
-        "learning_rate": 1e-3,
-    }
-    args.update(overrides)
-    return args
-
-
-def cli(args: dict[str, Any]) -> list[str]:
-    out: list[str] = []
-    for key, value in args.items():
-        out += [f"--{key}", str(value)]
-    return out
+pytestmark = pytest.mark.usefixtures("shared_episode_cache")
+tiny_args = tiny_finetune_args
+cli = as_cli_args
 
 
 def read_metrics(run_dir: Path) -> list[dict[str, float]]:
+    """Every row of a run's metrics.jsonl, as written (duplicates would show)."""
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
@@ -131,7 +104,24 @@ def test_craft_run_end_to_end(tmp_path: Path, tiny_assets: tuple[Path, Path], ti
     assert set(stats) == {"libero_spatial_no_noops"} and stats == loaded.dataset_statistics
 
 
+def trained_state(ckpt: Path) -> dict[str, torch.Tensor]:
+    """Every trained tensor of a checkpoint: LoRA (with the action queries), action head, proprio projector, the
+    stand-alone action queries, and the optimizer's moments."""
+    step = checkpointing.checkpoint_step(ckpt)
+    out = {f"lora/{k}": v for k, v in load_file(str(ckpt / "lora_adapter" / "adapter_model.safetensors")).items()}
+    for component in ("action_head", "proprio_projector", "action_queries"):
+        for key, value in torch.load(ckpt / f"{component}--{step}_checkpoint.pt", weights_only=True).items():
+            out[f"{component}/{key}"] = value
+    optimizer = checkpointing.inspect_checkpoint(ckpt).state["optimizer"]
+    for index, moments in optimizer["state"].items():
+        for key, value in moments.items():
+            out[f"optimizer/{index}/{key}"] = torch.as_tensor(value)
+    return out
+
+
 def test_resume_continues_exactly(tmp_path: Path, tiny_assets: tuple[Path, Path], tiny_libero: Path) -> None:
+    """Resuming at step 2 crosses the end of the warmup (step 3) and the decay boundary (step 4): every logged value,
+    every trained tensor and the optimizer state equal those of the uninterrupted run."""
     args = tiny_args(
         tiny_assets,
         tiny_libero,
@@ -141,14 +131,18 @@ def test_resume_continues_exactly(tmp_path: Path, tiny_assets: tuple[Path, Path]
         craft_dual_lr=5.0,
         max_steps=4,
         save_freq=2,
+        lr_warmup_steps=3,
+        num_steps_before_decay=3,
     )
     train(FinetuneConfig(**args))
-    # A second run root with the step-2 checkpoint and the logs up to step 2, resumed through the CLI.
-    b = tmp_path / "b"
-    (b / "tiny").mkdir(parents=True)
-    shutil.copytree(tmp_path / "a" / "tiny--2_chkpt", b / "tiny--2_chkpt")
     rows_a = read_metrics(tmp_path / "a" / "tiny")
-    (b / "tiny" / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows_a[:2]))
+    assert [r[metrics.LR] for r in rows_a] == pytest.approx([1e-4, 4e-4, 7e-4, 1e-4])
+    # Another run root with the step-2 checkpoint and the logs of all 4 steps (a crash after step 4 was logged but
+    # before its checkpoint was complete), resumed through the CLI.
+    b = tmp_path / "b"
+    shutil.copytree(tmp_path / "a" / "tiny", b / "tiny")
+    (b / "tiny" / checkpointing.LATEST_POINTER).write_text("tiny--2_chkpt\n")
+    shutil.copytree(tmp_path / "a" / "tiny--2_chkpt", b / "tiny--2_chkpt")
     proc = run_python(
         [
             str(REPO_ROOT / "vla-scripts" / "finetune.py"),
@@ -158,34 +152,38 @@ def test_resume_continues_exactly(tmp_path: Path, tiny_assets: tuple[Path, Path]
             "2",
             "--resum_vla_path",
             str(b / "tiny--2_chkpt"),
-            "--run_root_dir",
-            str(b),
         ],
         env={episodes_module.CACHE_ENV: os.environ[episodes_module.CACHE_ENV]},
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows_b = read_metrics(b / "tiny")
-    for ra, rb in zip(rows_a[2:], rows_b[2:], strict=True):
+    assert [r["step"] for r in rows_b] == [1, 2, 3, 4]  # each step once
+    for ra, rb in zip(rows_a, rows_b, strict=True):
         for key in (metrics.LOSS, metrics.RET, metrics.LAMBDA_AFTER, metrics.GRAD_NORM, metrics.LR):
             assert ra[key] == pytest.approx(rb[key], abs=1e-6, rel=1e-6), (ra["step"], key)
-    for name in ("lora_adapter/adapter_model.safetensors",):
-        wa, wb = load_file(str(tmp_path / "a" / "tiny--4_chkpt" / name)), load_file(str(b / "tiny--4_chkpt" / name))
-        assert max((wa[k] - wb[k]).abs().max().item() for k in wa) <= 1e-6
-    ha = torch.load(tmp_path / "a" / "tiny--4_chkpt" / "action_head--4_checkpoint.pt")
-    hb = torch.load(b / "tiny--4_chkpt" / "action_head--4_checkpoint.pt")
-    assert max((ha[k] - hb[k]).abs().max().item() for k in ha) <= 1e-6
-    state = checkpointing.load_training_state(b / "tiny--4_chkpt")
-    assert state["step"] == 4 and state["data"]["samples_per_process"] == 4 * 2 * 2
+    state_a, state_b = trained_state(tmp_path / "a" / "tiny--4_chkpt"), trained_state(b / "tiny--4_chkpt")
+    assert state_a.keys() == state_b.keys()
+    assert any(k.startswith("proprio_projector/") for k in state_a) and any("exp_avg_sq" in k for k in state_a)
+    for key in state_a:
+        torch.testing.assert_close(state_a[key], state_b[key], atol=1e-6, rtol=1e-6, msg=key)
+    info = checkpointing.inspect_checkpoint(b / "tiny--4_chkpt")
+    assert info.step == 4 and info.state["data"]["samples_per_process"] == 4 * 2 * 2
+    assert info.state["craft"]["dual"]["lambda"] == pytest.approx(rows_a[-1][metrics.LAMBDA_AFTER])
 
 
 @pytest.mark.multiprocess
+@pytest.mark.parametrize("method", ["baseline", "craft"])
 def test_two_processes_equal_one_process_with_twice_the_batch(
-    tmp_path: Path, tiny_assets: tuple[Path, Path], tiny_libero: Path
+    method: str, tmp_path: Path, tiny_assets: tuple[Path, Path], tiny_libero: Path
 ) -> None:
-    """Baseline steps (DDP) and a CRaFT measurement step (one manual all-reduce of both gradients)."""
-    common = tiny_args(
-        tiny_assets, tiny_libero, tmp_path, max_steps=3, save_freq=3, data_sharding="samples", craft_measure_freq=2
+    """Baseline: DDP steps and a CRaFT measurement step (one manual all-reduce of both gradients). CRaFT: every step
+    through CRaFT's all-reduce, projection and dual update. Same losses, lambda, weights and optimizer state."""
+    flags = (
+        {"craft_measure_freq": 2}
+        if method == "baseline"
+        else {"use_craft": True, "craft_retention_budget": 0.001, "craft_dual_lr": 5.0}
     )
+    common = tiny_args(tiny_assets, tiny_libero, tmp_path, max_steps=3, save_freq=3, data_sharding="samples", **flags)
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "OMP_NUM_THREADS": "1"}
     two = subprocess.run(
         [
@@ -216,16 +214,53 @@ def test_two_processes_equal_one_process_with_twice_the_batch(
     for r2, r1 in zip(rows_two, rows_one, strict=True):
         assert r2[metrics.LOSS] == pytest.approx(r1[metrics.LOSS], rel=1e-5)
         assert r2[metrics.GRAD_NORM] == pytest.approx(r1[metrics.GRAD_NORM], rel=1e-4)
-    assert metrics.CONFLICT in rows_two[1] and rows_two[1][metrics.CONFLICT] == pytest.approx(
-        rows_one[1][metrics.CONFLICT]
+        assert (metrics.RET in r2) == (metrics.RET in r1)
+        if metrics.RET in r2:
+            assert r2[metrics.RET] == pytest.approx(r1[metrics.RET], rel=1e-4)
+            assert r2[metrics.CONFLICT] == pytest.approx(r1[metrics.CONFLICT])
+            assert r2[metrics.LAMBDA_AFTER] == pytest.approx(r1[metrics.LAMBDA_AFTER], rel=1e-4)
+    assert metrics.RET in rows_two[1]
+    if method == "craft":
+        assert rows_two[-1][metrics.LAMBDA_AFTER] > 0  # the dual update ran, identically
+    state_two, state_one = trained_state(tmp_path / "two--3_chkpt"), trained_state(tmp_path / "one--3_chkpt")
+    for key in state_one:  # the head and proprio projector are synchronised too
+        torch.testing.assert_close(state_two[key], state_one[key], atol=1e-4, rtol=1e-3, msg=key)
+
+
+def test_accumulation_equals_one_big_batch_with_craft(
+    tmp_path: Path, tiny_assets: tuple[Path, Path], tiny_libero: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """CRaFT averages both gradients over micro-batches and updates lambda once per optimizer step: 2 micro-batches
+    of 2 samples equal one batch of 4. (The action head's input noise is drawn per micro-batch, so it is off here.)"""
+    from prismatic.models.policy import VLAAdapterPolicy
+
+    real_init = VLAAdapterPolicy.__init__
+
+    def without_noise(self: VLAAdapterPolicy, *args: Any, **kwargs: Any) -> None:
+        real_init(self, *args, **kwargs)
+        self.action_head.train_noise_std = 0.0
+
+    monkeypatch.setattr(VLAAdapterPolicy, "__init__", without_noise)
+    common = tiny_args(
+        tiny_assets,
+        tiny_libero,
+        tmp_path,
+        max_steps=3,
+        save_freq=3,
+        use_craft=True,
+        craft_retention_budget=0.001,
+        craft_dual_lr=5.0,
     )
-    assert rows_two[1][metrics.RET] == pytest.approx(rows_one[1][metrics.RET], rel=1e-4)
-    for name in ("action_head--3_checkpoint.pt", "proprio_projector--3_checkpoint.pt"):
-        a, b = torch.load(tmp_path / "two--3_chkpt" / name), torch.load(tmp_path / "one--3_chkpt" / name)
-        assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-4, name  # the head is synchronised too
-    la = load_file(str(tmp_path / "two--3_chkpt" / "lora_adapter" / "adapter_model.safetensors"))
-    lb = load_file(str(tmp_path / "one--3_chkpt" / "lora_adapter" / "adapter_model.safetensors"))
-    assert max((la[k] - lb[k]).abs().max().item() for k in la) < 1e-4
+    train(FinetuneConfig(**{**common, "run_id_override": "accum", "batch_size": 2, "grad_accumulation_steps": 2}))
+    train(FinetuneConfig(**{**common, "run_id_override": "big", "batch_size": 4, "grad_accumulation_steps": 1}))
+    rows_accum, rows_big = read_metrics(tmp_path / "accum"), read_metrics(tmp_path / "big")
+    for ra, rb in zip(rows_accum, rows_big, strict=True):
+        for key in (metrics.LOSS, metrics.RET, metrics.LAMBDA_AFTER, metrics.GRAD_NORM, metrics.CONFLICT):
+            assert ra[key] == pytest.approx(rb[key], rel=1e-4, abs=1e-7), (ra["step"], key)
+    assert rows_big[-1][metrics.LAMBDA_AFTER] > 0
+    state_accum, state_big = trained_state(tmp_path / "accum--3_chkpt"), trained_state(tmp_path / "big--3_chkpt")
+    for key in state_big:  # Adam normalises tiny gradients, so rounding can move a rare element by ~lr / 20
+        torch.testing.assert_close(state_accum[key], state_big[key], atol=1e-4, rtol=1e-3, msg=key)
 
 
 def test_a_crash_during_a_save_keeps_the_previous_checkpoint(
@@ -275,8 +310,8 @@ def test_nonfinite_steps_are_skipped_then_abort(
                     tiny_libero,
                     runs,
                     max_steps=10,
-                    save_freq=10,
-                    max_nonfinite_steps=2,
+                    save_freq=1,
+                    max_nonfinite_steps=3,
                     use_craft=True,
                     craft_retention_budget=1e-6,
                     craft_dual_lr=10.0,
@@ -285,7 +320,13 @@ def test_nonfinite_steps_are_skipped_then_abort(
             )
         )
     rows = read_metrics(runs / "tiny")
-    assert [r[metrics.SKIPPED] for r in rows] == [0.0, 1.0, 2.0]
+    assert [r[metrics.SKIPPED] for r in rows] == [0.0, 1.0, 2.0, 3.0]
+    # Steps 2 and 3 were skipped: their checkpoints hold exactly the weights and optimizer state of step 1.
+    after_one = trained_state(runs / "tiny--1_chkpt")
+    for step in (2, 3):
+        skipped = trained_state(runs / f"tiny--{step}_chkpt")
+        assert all(torch.equal(after_one[k], skipped[k]) for k in after_one), step
+    assert not (runs / "tiny--4_chkpt").exists()  # the run stopped at step 4, before saving
     # the retention loss stays finite, but a skipped step moves neither the weights nor lambda
     assert rows[1][metrics.RET] > 0 and rows[1][metrics.LAMBDA_AFTER] == rows[1][metrics.LAMBDA_BEFORE]
     assert rows[2][metrics.LAMBDA_BEFORE] == rows[1][metrics.LAMBDA_AFTER]
@@ -330,7 +371,7 @@ def test_bad_inputs_fail_early_with_the_flag(tmp_path: Path, tiny_assets: tuple[
         ({"config_file_path": tmp_path}, FileNotFoundError, "--config_file_path"),
         ({"data_root_dir": tmp_path / "nope"}, FileNotFoundError, "--data_root_dir"),
         ({"resume": True}, ValueError, "--resum_vla_path"),
-        ({"resume": True, "resum_vla_path": tmp_path}, FileNotFoundError, "training_state.pt"),
+        ({"resume": True, "resum_vla_path": tmp_path / "nope"}, FileNotFoundError, "--resum_vla_path"),
         ({"data_sharding": "frames"}, ValueError, "--data_sharding"),
     ]
     for overrides, error, message in cases:
@@ -352,12 +393,14 @@ def test_resume_mismatches_are_clear_errors(tmp_path: Path, tiny_assets: tuple[P
         train(FinetuneConfig(**args))
     with pytest.raises(ValueError, match=r"--resume_step 5 does not match .* pass --resume_step 2"):
         train(FinetuneConfig(**{**args, "max_steps": 4, "resume": True, "resume_step": 5, "resum_vla_path": ckpt}))
-    with pytest.raises(ValueError, match="batch_size 2 -> 4"):
+    with pytest.raises(ValueError, match="--batch_size 2 -> 4"):
         train(FinetuneConfig(**{**args, "max_steps": 4, "resume": True, "resum_vla_path": ckpt, "batch_size": 4}))
     with pytest.raises(ValueError, match="raise --max_steps"):
         train(FinetuneConfig(**{**args, "resume": True, "resum_vla_path": ckpt}))
+    with pytest.raises(FileNotFoundError, match=r"no training_state\.pt: not a checkpoint of this trainer"):
+        train(FinetuneConfig(**{**args, "max_steps": 4, "resume": True, "resum_vla_path": tmp_path}))
     (ckpt / "training_state.pt").write_bytes(b"\0corrupt")
-    with pytest.raises(ValueError, match="corrupt or incomplete checkpoint"):
+    with pytest.raises(ValueError, match=r"training_state\.pt has 8 bytes"):
         train(FinetuneConfig(**{**args, "max_steps": 4, "resume": True, "resum_vla_path": ckpt}))
 
 

@@ -153,8 +153,9 @@ def test_released_format_round_trip(
     """Merged `model.safetensors` + `module.`-prefixed head files, the layout of VLA-Adapter's releases."""
     folder = save_policy(tmp_path / "LIBERO-Spatial-Pro", trained_lora_policy, PolicySpec(), tiny_assets[1], STATS)
     config = json.loads((folder / "config.json").read_text())
-    del config["vla_adapter"]  # released folders have no section of ours
+    del config["vla_adapter"]  # released folders have no section of ours, and no manifest
     (folder / "config.json").write_text(json.dumps(config))
+    (folder / "manifest.json").unlink()
     for component in ("action_head", "proprio_projector"):
         path = folder / f"{component}--checkpoint.pt"
         torch.save({f"module.{k}": v for k, v in torch.load(path, weights_only=True).items()}, path)
@@ -203,6 +204,9 @@ def test_stats_are_required_for_a_policy(
 ) -> None:
     folder = save_policy(tmp_path / "p", trained_lora_policy, PolicySpec(), tiny_assets[1], STATS)
     (folder / "dataset_statistics.json").unlink()
+    with pytest.raises(ValueError, match=r"dataset_statistics\.json is missing, but .*manifest\.json lists it"):
+        load_policy(folder)
+    (folder / "manifest.json").unlink()  # a released folder (no manifest) without statistics
     with pytest.raises(FileNotFoundError, match=r"dataset_statistics\.json"):
         load_policy(folder)
     assert np.isfinite(actions(trained_lora_policy).numpy()).all()

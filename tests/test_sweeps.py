@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from conftest import REPO_ROOT
 
 EXPERIMENTS = REPO_ROOT / "craft_experiments"
@@ -22,7 +24,7 @@ SCRIPTS = {
 }
 
 
-def sweep(script: str, tmp_path: Path, **env: str) -> subprocess.CompletedProcess[str]:
+def sweep(script: str, tmp_path: Path, timeout: float = 300, **env: str) -> subprocess.CompletedProcess[str]:
     full_env = {**os.environ, "GPUS": "cpu", "RUN_ROOT": str(tmp_path / "runs"), "PYTHON": sys.executable, **env}
     return subprocess.run(
         ["bash", SCRIPTS[script].name],
@@ -30,7 +32,7 @@ def sweep(script: str, tmp_path: Path, **env: str) -> subprocess.CompletedProces
         env=full_env,
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=timeout,
     )
 
 
@@ -100,6 +102,43 @@ def test_table2_and_table4_plans(tmp_path: Path) -> None:
     assert all("eval_offline.py" in c for c in evals)
     bad = sweep("table4", tmp_path, DRY_RUN="1", ABLATIONS="no_anchor")
     assert bad.returncode == 2 and "unknown ablation" in bad.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.multiprocess
+def test_table2_smoke_trains_and_evaluates_every_run(tmp_path: Path, tiny_assets: tuple[Path, Path]) -> None:
+    """SMOKE=1 end to end: assets, few-shot training of both methods, offline evaluation, tables."""
+    planned_smoke, _ = planned(sweep("table2", tmp_path, DRY_RUN="1", SMOKE="1").stdout)
+    assert sorted({re.search(r"--n_shot_episodes (\d+)", c).group(1) for c in planned_smoke}) == ["1", "2"]
+    env = {
+        "SMOKE": "1",
+        "SHOTS": "1",
+        "SEEDS": "42",
+        "STEPS": "2",
+        "SAVE_FREQ": "1",
+        "VLM_PATH": str(tiny_assets[0]),
+        "CONFIG_FILE_PATH": str(tiny_assets[1]),
+        "DATA_ROOT_DIR": str(tmp_path / "data"),
+        "SMOKE_EPISODES_PER_TASK": "2",
+        "EXTRA_ARGS": "--lora_rank 4 --shuffle_buffer_size 50 --batch_size 1 --keep_last_n_checkpoints 1",
+        "EVAL_ARGS": "--max_samples 4",
+        "VLA_CRAFT_CACHE_DIR": str(tmp_path / "cache"),
+        "TF_CPP_MIN_LOG_LEVEL": "3",
+    }
+    proc = sweep("table2", tmp_path, timeout=900, **env)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    runs = tmp_path / "runs"
+    for method in ("baseline", "craft"):
+        name = f"table2-1shot-{method}-seed42"
+        assert (runs / name / "status").read_text().strip() == "done"
+        assert sorted(p.name for p in (runs / name).glob("*_chkpt")) == [f"{name}--2_chkpt"]  # kept: the newest
+        episodes = json.loads((runs / name / name / "episodes.json").read_text())
+        assert len(episodes) == 10  # one demonstration of each of the 10 tasks
+        offline = json.loads((runs / name / "offline_eval.json").read_text())
+        assert offline["num_samples"] == 4
+    table2 = make_tables.build_tables(make_tables.load_runs(runs))["table2_offline"]
+    assert table2.header == ["Method", "1-shot"]
+    assert all(row[1].endswith("(1/3)") for row in table2.rows), table2.rows  # one seed of each method
 
 
 def test_finished_runs_are_skipped_and_interrupted_ones_resumed(tmp_path: Path) -> None:

@@ -13,9 +13,8 @@ Needs the simulator (`bash setup.sh libero`) and LIBERO's assets (`--libero_asse
 from dataclasses import dataclass
 from pathlib import Path
 
-import draccus
-
-from prismatic.util.cli import exit_on_user_error
+from prismatic.util.cli import cli_entry
+from prismatic.util.wandb_settings import resolve_wandb_settings
 
 
 @dataclass
@@ -38,13 +37,12 @@ class EvalLiberoConfig:
     device: str = "auto"  # auto | cpu | cuda
     env_factory: str = "prismatic.eval.libero_env:LiberoEnvFactory"  # advanced: another simulator / a stand-in
     use_wandb: bool = False
-    wandb_project: str = "vla-eval"
-    wandb_entity: str | None = None
-    wandb_mode: str = "online"
+    wandb_project: str | None = None  # None: $WANDB_PROJECT, else vla-eval
+    wandb_entity: str | None = None  # None: $WANDB_ENTITY
+    wandb_mode: str | None = None  # online | offline | disabled; None: $WANDB_MODE, else online
 
 
-@exit_on_user_error
-@draccus.wrap()
+@cli_entry
 def main(cfg: EvalLiberoConfig) -> None:
     import torch
 
@@ -63,6 +61,7 @@ def main(cfg: EvalLiberoConfig) -> None:
         raise ValueError(f"--num_trials_per_task must be >= 1 (got {cfg.num_trials_per_task})")
     if cfg.num_workers < 0:
         raise ValueError(f"--num_workers must be >= 0 (got {cfg.num_workers})")
+    wandb_settings = resolve_wandb_settings(cfg.wandb_mode, cfg.wandb_project, cfg.wandb_entity, "vla-eval")
     if cfg.render_backend not in ("egl", "osmesa", "glfw"):
         raise ValueError(f"--render_backend must be egl, osmesa or glfw (got {cfg.render_backend!r})")
     factory_kwargs = {}
@@ -117,13 +116,14 @@ def main(cfg: EvalLiberoConfig) -> None:
         f"-> {settings.results_dir / 'eval_results.json'}",
         flush=True,
     )
-    if cfg.use_wandb:
+    if cfg.use_wandb and wandb_settings.mode != "disabled":
         import wandb
 
         run = wandb.init(
-            project=cfg.wandb_project,
-            entity=cfg.wandb_entity,
-            mode=cfg.wandb_mode,
+            project=wandb_settings.project,
+            entity=wandb_settings.entity,
+            mode=wandb_settings.mode,
+            dir=str(wandb_settings.dir) if wandb_settings.dir is not None else None,
             name=f"eval-{suite}-{cfg.pretrained_checkpoint.name}",
             config=results["protocol"],
         )

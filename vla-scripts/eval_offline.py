@@ -11,9 +11,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-import draccus
-
-from prismatic.util.cli import exit_on_user_error
+from prismatic.util.cli import cli_entry
 
 
 @dataclass
@@ -30,8 +28,7 @@ class EvalOfflineConfig:
     device: str = "auto"
 
 
-@exit_on_user_error
-@draccus.wrap()
+@cli_entry
 def main(cfg: EvalOfflineConfig) -> None:
     import torch
     import yaml

@@ -13,14 +13,18 @@ All flags: `python vla-scripts/finetune.py --help`; guide: docs/TRAINING_AND_EVA
 import sys
 
 from prismatic.training.config import parse_finetune_config
-from prismatic.training.trainer import train
+from prismatic.training.trainer import NonFiniteTrainingError, train
 from prismatic.util.cli import exit_on_user_error
 
 
 @exit_on_user_error
 def main() -> None:
     cfg = parse_finetune_config(sys.argv[1:])
-    run_dir = train(cfg)
+    try:
+        run_dir = train(cfg)
+    except NonFiniteTrainingError as err:  # diverged: the message says which flag to change
+        print(f"error: {err}", file=sys.stderr, flush=True)
+        raise SystemExit(1) from err
     print(f"[finetune] done: {run_dir}", flush=True)
 
 

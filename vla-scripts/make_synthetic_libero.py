@@ -11,11 +11,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import draccus
-
 from prismatic.synthetic.rlds_writer import SyntheticSuiteSpec, read_summary, write_synthetic_suite
 from prismatic.synthetic.world import SUITES
-from prismatic.util.cli import exit_on_user_error
+from prismatic.util.cli import cli_entry
 
 
 @dataclass
@@ -40,8 +38,7 @@ class MakeSyntheticLiberoConfig:
             raise ValueError(f"--jpeg_quality must be in 1..100 (got {self.jpeg_quality})")
 
 
-@exit_on_user_error
-@draccus.wrap()
+@cli_entry
 def main(cfg: MakeSyntheticLiberoConfig) -> None:
     cfg.validate()
     for name in cfg.suites:

@@ -11,10 +11,8 @@ blocks), the real Qwen2.5 tokenizer, random weights. Tests and the demo load it 
 from dataclasses import dataclass
 from pathlib import Path
 
-import draccus
-
 from prismatic.assets.tiny_vlm import DEFAULT_TINY_BUNDLE_DIR, DEFAULT_TINY_VLM_DIR, write_tiny_assets
-from prismatic.util.cli import exit_on_user_error
+from prismatic.util.cli import cli_entry
 
 
 @dataclass
@@ -25,8 +23,7 @@ class MakeTinyVLMConfig:
     overwrite: bool = False  # replace assets made with another seed
 
 
-@exit_on_user_error
-@draccus.wrap()
+@cli_entry
 def main(cfg: MakeTinyVLMConfig) -> None:
     vlm_dir, bundle_dir, built = write_tiny_assets(cfg.vlm_dir, cfg.bundle_dir, cfg.seed, cfg.overwrite)
     state = "written" if built else "up to date, kept"

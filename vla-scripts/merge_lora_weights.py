@@ -11,11 +11,9 @@ once, on one process, after training: merging at save time on every rank is what
 from dataclasses import dataclass
 from pathlib import Path
 
-import draccus
-
 from prismatic.models.loaders import load_policy
 from prismatic.models.savers import save_policy
-from prismatic.util.cli import exit_on_user_error
+from prismatic.util.cli import cli_entry
 
 
 @dataclass
@@ -25,8 +23,7 @@ class MergeLoRAConfig:
     overwrite: bool = False
 
 
-@exit_on_user_error
-@draccus.wrap()
+@cli_entry
 def main(cfg: MergeLoRAConfig) -> None:
     if not str(cfg.checkpoint_dir) or not (cfg.checkpoint_dir / "lora_adapter").is_dir():
         raise FileNotFoundError(f"--checkpoint_dir {cfg.checkpoint_dir!s} has no lora_adapter/ folder to merge")

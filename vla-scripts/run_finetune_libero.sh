@@ -8,7 +8,8 @@
 #
 # When resuming, only the variables you set explicitly are passed on: everything else comes from the configuration
 # saved in the checkpoint. RESUME_STEP is checked against the checkpoint (and inferred from it when unset or wrong).
-# Anything in EXTRA_ARGS is appended verbatim. DRY_RUN=1 prints the command without running it.
+# WandB's own variables (WANDB_MODE=offline|disabled, WANDB_DIR, ...) reach finetune.py untouched; TRAIN_WANDB_MODE
+# sets --wandb_mode explicitly. Anything in EXTRA_ARGS is appended verbatim. DRY_RUN=1 prints the command only.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
@@ -45,11 +46,13 @@ FLAGS=(
   "SEED:seed:7"
   "SAVE_FREQ:save_freq:5000"
   "SAVE_LATEST_CHECKPOINT_ONLY:save_latest_checkpoint_only:False"
+  "KEEP_LAST_N_CHECKPOINTS:keep_last_n_checkpoints:"
+  "ALLOW_RESUME_CONFIG_CHANGE:allow_resume_config_change:"
   "CONSOLE_LOG_FREQ:console_log_freq:10"
   "USE_WANDB:use_wandb:False"
   "WANDB_PROJECT:wandb_project:vla-experiments"
   "WANDB_ENTITY:wandb_entity:"
-  "WANDB_MODE:wandb_mode:online"
+  "TRAIN_WANDB_MODE:wandb_mode:"
   "WANDB_LOG_FREQ:wandb_log_freq:10"
   "USE_CRAFT:use_craft:False"
   "CRAFT_RETENTION_BUDGET:craft_retention_budget:0.1"

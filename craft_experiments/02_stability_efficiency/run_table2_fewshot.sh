@@ -4,14 +4,15 @@
 #   cd craft_experiments/02_stability_efficiency && bash run_table2_fewshot.sh
 #   DRY_RUN=1 bash run_table2_fewshot.sh
 #
-# Runs: $RUN_ROOT/table2-{shots}shot-{method}-seed{seed}/. Knobs: SHOTS [5 10], METHODS [baseline craft],
-# SEEDS [42 123 456], STEPS [5000, 8 in smoke mode], CRAFT_ARGS, plus those of common.sh. Statistics come from the
-# few-shot subset only, and the chosen episodes are saved in each run's folder (episodes.json).
+# Runs: $RUN_ROOT/table2-{shots}shot-{method}-seed{seed}/. Knobs: SHOTS [5 10; 1 2 in smoke mode, whose synthetic
+# data has 5 episodes per task before the held-out split], METHODS [baseline craft], SEEDS [42 123 456],
+# STEPS [5000, 8 in smoke mode], CRAFT_ARGS, plus those of common.sh. Statistics come from the few-shot subset only,
+# and the chosen episodes are saved in each run's folder (episodes.json).
 set -uo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 source "$HERE/../common.sh"
 
-SHOTS="${SHOTS:-5 10}"
+if [[ "${SMOKE:-0}" == "1" ]]; then SHOTS="${SHOTS:-1 2}"; else SHOTS="${SHOTS:-5 10}"; fi
 METHODS="${METHODS:-baseline craft}"
 SEEDS="${SEEDS:-42 123 456}"
 STEPS="${STEPS:-$(default_steps 5000)}"

@@ -16,13 +16,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file
 
 from prismatic.models.lora import load_lora
 from prismatic.models.policy import VLAAdapterPolicy
 from prismatic.models.presets import VLMPreset, preset_for_backbones, preset_from_openvla_config
 from prismatic.models.state_dicts import TIED_LM_HEAD, load_state_dict_strict, native_to_hf, strip_prefix
 from prismatic.models.vlm import PrismaticVLM
+from prismatic.util.checkpoint_io import CheckpointFileError, load_safetensors_file, load_tensor_file, verify_manifest
 from prismatic.vla.constants import LIBERO_CONSTANTS, NormalizationType, RobotConstants
 
 VISION_WEIGHTS_HELP = (
@@ -72,7 +72,7 @@ def _vision_weights_from_files(vlm: PrismaticVLM, folder: Path) -> dict[str, tor
         path = folder / f"{spec.timm_id}.safetensors"
         if not path.is_file():
             raise FileNotFoundError(str(path))
-        for key, value in load_file(str(path)).items():
+        for key, value in load_safetensors_file(path).items():
             out[f"vision_backbone.{attr}.{re.sub(r'.gamma$', '.scale_factor', key)}"] = value
     return out
 
@@ -85,11 +85,12 @@ def load_prismatic_vlm(
     model_cfg = read_prismatic_config(vlm_path)
     preset = preset_for_backbones(model_cfg["vision_backbone_id"], model_cfg["llm_backbone_id"])
     checkpoint = newest_checkpoint(vlm_path / "checkpoints")
-    try:
-        payload = torch.load(checkpoint, map_location="cpu", weights_only=True)
-    except Exception as err:  # corrupt / truncated / foreign pickle
-        raise ValueError(f"cannot read {checkpoint}: {err}") from err
-    if "model" not in payload or not {"projector", "llm_backbone"} <= set(payload["model"]):
+    payload = load_tensor_file(checkpoint)
+    if (
+        not isinstance(payload, dict)
+        or "model" not in payload
+        or not {"projector", "llm_backbone"} <= set(payload["model"])
+    ):
         raise ValueError(f"{checkpoint} lacks model.projector / model.llm_backbone: not a Prismatic checkpoint")
     state = native_to_hf(payload["model"])
     vlm = PrismaticVLM(preset, num_images=num_images)
@@ -160,11 +161,22 @@ def find_component(folder: Path, component: str) -> Path | None:
     return max(candidates, key=step)
 
 
-def _load_component(path: Path) -> dict[str, torch.Tensor]:
-    try:
-        return strip_prefix(torch.load(path, map_location="cpu", weights_only=True))
-    except Exception as err:
-        raise ValueError(f"cannot read {path}: {err}") from err
+def load_component(path: Path) -> dict[str, torch.Tensor]:
+    """A component state dict (action head, proprio projector, ...), read safely, DDP's `module.` prefix dropped."""
+    state = load_tensor_file(path)
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointFileError(f"{path} is not a state dict of tensors")
+    return strip_prefix(state)
+
+
+def check_action_queries(path: Path, queries: torch.Tensor) -> None:
+    """A checkpoint's `action_queries--*_checkpoint.pt` must equal the queries inside its VLM weights."""
+    saved = load_component(path).get("weight")
+    if saved is None or not torch.equal(saved, queries.detach().cpu()):
+        raise CheckpointFileError(
+            f"{path} disagrees with the action queries in the checkpoint's VLM weights: the folder mixes files of "
+            "different checkpoints; use another one"
+        )
 
 
 def read_dataset_statistics(folder: Path) -> dict[str, Any]:
@@ -175,11 +187,12 @@ def read_dataset_statistics(folder: Path) -> dict[str, Any]:
 
 
 def load_policy(folder: str | Path, num_images_in_input: int | None = None) -> LoadedPolicy:
-    """Load a released VLA-Adapter folder (b) or one of this project's checkpoints (c)."""
+    """Load a released VLA-Adapter folder (b) or one of this project's checkpoints (c), verified by its manifest."""
     folder = Path(folder)
     config_path = folder / "config.json"
     if not config_path.is_file():
         raise FileNotFoundError(f"{config_path} not found: not a VLA-Adapter / project checkpoint folder")
+    verify_manifest(folder)
     config = json.loads(config_path.read_text())
     spec = PolicySpec(**config["vla_adapter"]) if "vla_adapter" in config else PolicySpec()
     if num_images_in_input is not None:
@@ -187,18 +200,21 @@ def load_policy(folder: str | Path, num_images_in_input: int | None = None) -> L
     head_path = find_component(folder, "action_head")
     if head_path is None:
         raise FileNotFoundError(f"no action_head--*checkpoint.pt in {folder}")
-    head_state = _load_component(head_path)
+    head_state = load_component(head_path)
     spec.use_pro_version = any(".k_self." in k for k in head_state)
     spec.action_dim = int(head_state["model.fc2.weight"].shape[0])
     proprio_path = find_component(folder, "proprio_projector")
     spec.use_proprio = proprio_path is not None
 
     vlm = _load_vlm_for_policy(folder, config, spec)
+    queries_path = find_component(folder, "action_queries")
+    if queries_path is not None:  # this project's checkpoints: the trained queries also stand alone
+        check_action_queries(queries_path, vlm.action_queries.weight)
     policy = VLAAdapterPolicy(vlm, spec.robot, use_pro_version=spec.use_pro_version, use_proprio=spec.use_proprio)
     load_state_dict_strict(policy.action_head, head_state, str(head_path))
     if proprio_path is not None:
         assert policy.proprio_projector is not None
-        load_state_dict_strict(policy.proprio_projector, _load_component(proprio_path), str(proprio_path))
+        load_state_dict_strict(policy.proprio_projector, load_component(proprio_path), str(proprio_path))
     return LoadedPolicy(policy.eval(), spec, read_dataset_statistics(folder), folder)
 
 
@@ -206,7 +222,7 @@ def _load_vlm_for_policy(folder: Path, config: dict[str, Any], spec: PolicySpec)
     merged = folder / "model.safetensors"
     if merged.is_file():
         vlm = PrismaticVLM(preset_from_openvla_config(config), num_images=spec.num_images_in_input)
-        load_state_dict_strict(vlm, load_file(str(merged)), str(merged), allow_missing=[re.escape(TIED_LM_HEAD)])
+        load_state_dict_strict(vlm, load_safetensors_file(merged), str(merged), allow_missing=[re.escape(TIED_LM_HEAD)])
         return vlm
     adapter = folder / "lora_adapter"
     if adapter.is_dir():

@@ -27,6 +27,7 @@ LLM_TARGETS = {
 }
 VIT_TARGETS = ("attn.qkv", "attn.proj", "mlp.fc1", "mlp.fc2")
 PROJECTOR_TARGETS = ("fc1", "fc2", "fc3")
+ADAPTER_WEIGHTS = "adapter_model.safetensors"  # the only adapter format read (peft's .bin fallback is a pickle)
 
 
 @dataclass(frozen=True)
@@ -80,8 +81,9 @@ def apply_lora(vlm: PrismaticVLM, settings: LoRASettings) -> PeftModel:
 def load_lora(vlm: PrismaticVLM, adapter_dir: str | Path, trainable: bool = False) -> PeftModel:
     """Attach a saved adapter (`adapter_config.json` + `adapter_model.safetensors`) to a base VLM."""
     adapter_dir = Path(adapter_dir)
-    if not (adapter_dir / "adapter_config.json").is_file():
-        raise FileNotFoundError(f"{adapter_dir} is not a LoRA adapter folder (no adapter_config.json)")
+    for name in ("adapter_config.json", ADAPTER_WEIGHTS):
+        if not (adapter_dir / name).is_file():
+            raise FileNotFoundError(f"{adapter_dir / name} is missing: not a complete LoRA adapter folder")
     return PeftModel.from_pretrained(vlm, str(adapter_dir), is_trainable=trainable)
 
 

@@ -18,6 +18,7 @@ from prismatic.models.policy import VLAAdapterPolicy
 from prismatic.models.state_dicts import TIED_LM_HEAD, hf_to_native
 from prismatic.models.vlm import PrismaticVLM
 from prismatic.util.atomic_io import atomic_write_json, atomic_write_text, staged_directory
+from prismatic.util.checkpoint_io import write_manifest
 
 # Files of a config bundle that a policy folder carries along (everything but the model config itself).
 TOKENIZER_AND_PROCESSOR_FILES = tuple(name for name in BUNDLE_FILES if name != "config.json")
@@ -108,9 +109,10 @@ def save_policy(
     merged: bool = True,
     overwrite: bool = False,
 ) -> Path:
-    """Write a loadable policy folder atomically (see `write_policy_files`)."""
+    """Write a loadable policy folder atomically, with its manifest (see `write_policy_files`)."""
     with staged_directory(folder, overwrite=overwrite) as tmp:
         write_policy_files(tmp, policy, spec, config_bundle_dir, dataset_statistics, step, merged)
+        write_manifest(tmp)
     return Path(folder)
 
 

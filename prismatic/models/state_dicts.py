@@ -30,7 +30,7 @@ NATIVE_VISION = {
 TIED_LM_HEAD = "language_model.lm_head.weight"
 
 
-class CheckpointMismatchError(RuntimeError):
+class CheckpointMismatchError(ValueError):
     """A checkpoint does not fit the model it is loaded into; the message lists what differs."""
 
 

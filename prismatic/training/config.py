@@ -2,7 +2,8 @@
 
 Flag names follow the user's guide and the reference scripts (`--resum_vla_path` included, spelled as there).
 On resume, the configuration saved with the checkpoint is the base and the flags given on the command line
-override it, so `--resume True --resume_step N --resum_vla_path DIR` alone continues a run.
+override it, so `--resume True --resume_step N --resum_vla_path DIR` alone continues a run (and a flag that would
+change the run is refused unless allowed: see `prismatic/training/resume.py`).
 """
 
 from __future__ import annotations
@@ -10,14 +11,20 @@ from __future__ import annotations
 import argparse
 import io
 import re
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import draccus
+import yaml
 
 from craft import CRaFTConfig
 from prismatic.util.atomic_io import atomic_write_text
+from prismatic.util.checkpoint_io import verify_manifest
+from prismatic.util.cli import UserInputError, check_finite_floats, parse_cli
+from prismatic.util.wandb_settings import WandbSettings, resolve_wandb_settings
+from prismatic.vla.datasets.registry import resolve_mixture
 
 CONFIG_SNAPSHOT = "finetune_config.yaml"
 
@@ -60,6 +67,7 @@ class FinetuneConfig:
     weight_decay: float = 0.01
     max_grad_norm: float | None = None      # clip the global gradient norm (None: no clipping, as the reference)
     max_nonfinite_steps: int = 10           # abort after this many consecutive skipped (non-finite) steps
+    max_update_ratio: float | None = 1.0    # skip an update larger than this x the weights' norm (None: no limit)
     seed: int = 7
 
     # -- CRaFT ----------------------------------------------------------------------------------------------------
@@ -82,19 +90,20 @@ class FinetuneConfig:
     run_id_override: str | None = None
     console_log_freq: int = 10
     use_wandb: bool = False
-    wandb_project: str = "vla-adapter-craft"
-    wandb_entity: str | None = None
-    wandb_mode: str = "online"              # online | offline
+    wandb_project: str | None = None        # None: $WANDB_PROJECT, else vla-adapter-craft
+    wandb_entity: str | None = None         # None: $WANDB_ENTITY, else your default entity
+    wandb_mode: str | None = None           # online | offline | disabled; None: $WANDB_MODE, else online
     wandb_log_freq: int = 10
 
     # -- checkpoints and resume -----------------------------------------------------------------------------------
     save_freq: int = 5_000
-    save_latest_checkpoint_only: bool = False
+    save_latest_checkpoint_only: bool = False  # same as --keep_last_n_checkpoints 1
+    keep_last_n_checkpoints: int | None = None  # None: keep all; N: delete older ones, optimizer state in the newest
     merge_lora_during_training: bool = False  # also write merged model.safetensors in each checkpoint (rank 0)
     resume: bool = False
     resume_step: int | None = None
     resum_vla_path: Path | None = None      # checkpoint folder to resume from (spelled as in the reference)
-    allow_resume_config_change: bool = False  # resume with another world size / batch / accumulation (warns)
+    allow_resume_config_change: bool = False  # apply changed flags on resume (each change is logged)
     # fmt: on
 
     # ---------------------------------------------------------------------------------------------------------------
@@ -113,22 +122,32 @@ class FinetuneConfig:
         )
 
     def run_id(self) -> str:
+        """`--run_id_override`, or a name built from the main flags; `--run_id_note` is appended to either."""
         if self.run_id_override:
-            return self.run_id_override
-        parts = [
-            Path(self.vlm_path).name,
-            self.dataset_name,
-            f"b{self.batch_size * self.grad_accumulation_steps}",
-            f"lr-{self.learning_rate:g}",
-        ]
-        if self.use_lora:
-            parts.append(f"lora-r{self.lora_rank}+dropout-{self.lora_dropout:g}")
-        if self.n_shot_episodes:
-            parts.append(f"{self.n_shot_episodes}shot")
-        parts.append("craft" if self.use_craft else "baseline")
-        parts.append(f"seed{self.seed}")
-        run_id = "+".join(parts)
+            run_id = self.run_id_override
+        else:
+            parts = [
+                Path(self.vlm_path).name,
+                self.dataset_name,
+                f"b{self.batch_size * self.grad_accumulation_steps}",
+                f"lr-{self.learning_rate:g}",
+            ]
+            if self.use_lora:
+                parts.append(f"lora-r{self.lora_rank}+dropout-{self.lora_dropout:g}")
+            if self.n_shot_episodes:
+                parts.append(f"{self.n_shot_episodes}shot")
+            parts.append("craft" if self.use_craft else "baseline")
+            parts.append(f"seed{self.seed}")
+            run_id = "+".join(parts)
         return f"{run_id}--{self.run_id_note}" if self.run_id_note else run_id
+
+    def wandb_settings(self, run_dir: Path) -> WandbSettings:
+        return resolve_wandb_settings(
+            self.wandb_mode, self.wandb_project, self.wandb_entity, "vla-adapter-craft", default_dir=run_dir
+        )
+
+    def checkpoints_to_keep(self) -> int | None:
+        return 1 if self.save_latest_checkpoint_only else self.keep_last_n_checkpoints
 
     def validate(self) -> None:
         """Reject bad values with the flag name and the fix, before any model or data is loaded."""
@@ -139,7 +158,8 @@ class FinetuneConfig:
             )
         if not self.use_l1_regression:
             raise ValueError("--use_l1_regression False is not supported: discrete action tokens are not implemented")
-        positive = {
+        check_finite_floats(self)
+        at_least_one = {
             "--batch_size": self.batch_size,
             "--grad_accumulation_steps": self.grad_accumulation_steps,
             "--max_steps": self.max_steps,
@@ -150,36 +170,54 @@ class FinetuneConfig:
             "--max_nonfinite_steps": self.max_nonfinite_steps,
             "--num_steps_before_decay": self.num_steps_before_decay,
             "--shuffle_buffer_size": self.shuffle_buffer_size,
+            "--n_shot_episodes": self.n_shot_episodes,
+            "--keep_last_n_checkpoints": self.keep_last_n_checkpoints,
+        }
+        for flag, value in at_least_one.items():
+            if value is not None and value < 1:
+                raise ValueError(f"{flag} must be >= 1 (got {value})")
+        positive = {
+            "--learning_rate": self.learning_rate,
+            "--shuffle_buffer_ram_gb": self.shuffle_buffer_ram_gb,
+            "--max_grad_norm": self.max_grad_norm,
+            "--max_update_ratio": self.max_update_ratio,
         }
         for flag, value in positive.items():
-            if value < 1:
-                raise ValueError(f"{flag} must be >= 1 (got {value})")
-        if not self.learning_rate > 0:
-            raise ValueError(f"--learning_rate must be > 0 (got {self.learning_rate})")
-        if self.lr_warmup_steps < 0:
-            raise ValueError(f"--lr_warmup_steps must be >= 0 (got {self.lr_warmup_steps})")
+            if value is not None and not value > 0:
+                raise ValueError(f"{flag} must be > 0 (got {value})")
+        for flag, value in (("--weight_decay", self.weight_decay), ("--lr_warmup_steps", self.lr_warmup_steps)):
+            if value < 0:
+                raise ValueError(f"{flag} must be >= 0 (got {value})")
+        for flag, value in (
+            ("--lora_dropout", self.lora_dropout),
+            ("--heldout_episode_fraction", self.heldout_episode_fraction),
+        ):
+            if not 0 <= value < 1:
+                raise ValueError(f"{flag} must be in [0, 1) (got {value})")
         if self.num_images_in_input not in (1, 2):
             raise ValueError(f"--num_images_in_input must be 1 or 2 for LIBERO (got {self.num_images_in_input})")
-        if self.max_grad_norm is not None and not self.max_grad_norm > 0:
-            raise ValueError(f"--max_grad_norm must be > 0 or None (got {self.max_grad_norm})")
         if self.craft_measure_freq < 0:
             raise ValueError(f"--craft_measure_freq must be >= 0 (got {self.craft_measure_freq})")
         if self.data_sharding not in ("episodes", "samples"):
             raise ValueError(f"--data_sharding must be episodes or samples (got {self.data_sharding!r})")
-        if self.wandb_mode not in ("online", "offline"):
-            raise ValueError(f"--wandb_mode must be online or offline (got {self.wandb_mode!r})")
-        if self.run_id_override is not None and not re.fullmatch(r"[\w.+=-]+", self.run_id_override):
-            raise ValueError(f"--run_id_override {self.run_id_override!r}: use letters, digits and . _ - + = only")
-        self.craft_config().validate()
-        self._validate_paths()
-        if self.resume:
-            if self.resum_vla_path is None:
-                raise ValueError("--resume True needs --resum_vla_path pointing at a checkpoint folder")
-            if not (Path(self.resum_vla_path) / "training_state.pt").is_file():
-                raise FileNotFoundError(
-                    f"--resum_vla_path {self.resum_vla_path}: no training_state.pt there (not a checkpoint of this "
-                    "trainer, or an interrupted save)"
+        if self.save_latest_checkpoint_only and self.keep_last_n_checkpoints not in (None, 1):
+            raise ValueError(
+                f"--save_latest_checkpoint_only True keeps one checkpoint but --keep_last_n_checkpoints is "
+                f"{self.keep_last_n_checkpoints}: pass only one of them"
+            )
+        for flag, value in (("--run_id_note", self.run_id_note), ("--run_id_override", self.run_id_override)):
+            if (value is not None and not re.fullmatch(r"[\w.+=-]+", value)) or value in (".", ".."):
+                raise ValueError(
+                    f"{flag} {value!r}: use letters, digits and . _ - + = only (it names a folder under --run_root_dir)"
                 )
+        resolve_mixture(self.dataset_name)  # an unknown dataset fails here, with the registered names
+        self.craft_config().validate()
+        self.wandb_settings(Path(self.run_root_dir))
+        self._validate_paths()
+        if self.resume and self.resum_vla_path is None:
+            raise ValueError("--resume True needs --resum_vla_path pointing at a checkpoint folder")
+        if self.resume and not Path(self.resum_vla_path).is_dir():
+            raise FileNotFoundError(f"--resum_vla_path {self.resum_vla_path} is not a folder")
 
     def _validate_paths(self) -> None:
         vlm = Path(self.vlm_path)
@@ -196,13 +234,27 @@ class FinetuneConfig:
             )
         if not Path(self.data_root_dir).is_dir():
             raise FileNotFoundError(f"--data_root_dir {self.data_root_dir} does not exist")
+        if self.vision_weights_dir is not None and not Path(self.vision_weights_dir).is_dir():
+            raise FileNotFoundError(f"--vision_weights_dir {self.vision_weights_dir} does not exist")
 
 
-def load_config_snapshot(path: Path) -> dict[str, Any]:
-    """The flags a checkpoint was trained with (its `finetune_config.yaml`)."""
-    import yaml
+def read_config_snapshot(path: Path) -> dict[str, Any]:
+    """The flags a checkpoint was trained with (its `finetune_config.yaml`), read as plain YAML data only."""
+    try:
+        content = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as err:
+        raise UserInputError(f"cannot read {path}: {' '.join(str(err).split())}") from err
+    if not isinstance(content, dict):
+        raise UserInputError(f"{path} is not a configuration (a YAML mapping of flags)")
+    return content
 
-    return yaml.safe_load(path.read_text()) or {}
+
+def decode_config_snapshot(path: Path) -> FinetuneConfig:
+    """A checkpoint's saved configuration as a `FinetuneConfig` (for comparing with the resumed run's flags)."""
+    try:
+        return draccus.decode(FinetuneConfig, read_config_snapshot(path))
+    except draccus.utils.DecodingError as err:
+        raise UserInputError(f"{path}: {' '.join(str(err).split())}") from err
 
 
 def parse_finetune_config(argv: list[str]) -> FinetuneConfig:
@@ -211,16 +263,26 @@ def parse_finetune_config(argv: list[str]) -> FinetuneConfig:
     pre.add_argument("--resume", default="False")
     pre.add_argument("--resum_vla_path", default=None)
     known, _ = pre.parse_known_args(argv)
-    config_path = None
-    if str(known.resume).lower() in ("true", "1", "yes") and known.resum_vla_path:
-        snapshot = Path(known.resum_vla_path) / CONFIG_SNAPSHOT
-        if snapshot.is_file():
-            config_path = str(snapshot)
-    return draccus.parse(config_class=FinetuneConfig, config_path=config_path, args=argv)
+    snapshot = Path(known.resum_vla_path or "") / CONFIG_SNAPSHOT
+    if str(known.resume).lower() not in ("true", "1", "yes") or not known.resum_vla_path or not snapshot.is_file():
+        return parse_cli(FinetuneConfig, argv)
+    verify_manifest(snapshot.parent, only=[CONFIG_SNAPSHOT])
+    saved = read_config_snapshot(snapshot)
+    # The run continues beside its checkpoint (wherever the folder was copied to), unless told otherwise.
+    saved["run_root_dir"] = str(snapshot.parent.parent)
+    # Re-serialised as plain data: the saved file is never handed to a YAML loader that follows tags or includes.
+    with tempfile.TemporaryDirectory() as tmp:
+        defaults = Path(tmp) / CONFIG_SNAPSHOT
+        defaults.write_text(yaml.safe_dump(saved))
+        return parse_cli(FinetuneConfig, argv, config_path=defaults)
+
+
+def config_snapshot_text(cfg: FinetuneConfig) -> str:
+    """The full configuration as YAML (what `parse_finetune_config` reads back on resume)."""
+    buffer = io.StringIO()
+    draccus.dump(cfg, buffer)
+    return buffer.getvalue()
 
 
 def save_config_snapshot(cfg: FinetuneConfig, path: Path) -> None:
-    """Write the full configuration as YAML (what `parse_finetune_config` reads back on resume)."""
-    buffer = io.StringIO()
-    draccus.dump(cfg, buffer)
-    atomic_write_text(path, buffer.getvalue())
+    atomic_write_text(path, config_snapshot_text(cfg))

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import os
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
 import torch.distributed as dist
+
+R = TypeVar("R")
 
 
 @dataclass(frozen=True)
@@ -63,14 +66,6 @@ def all_reduce_mean(values: torch.Tensor, ctx: DistContext) -> torch.Tensor:
     return out / ctx.world_size
 
 
-def all_reduce_max(values: torch.Tensor, ctx: DistContext) -> torch.Tensor:
-    if not ctx.distributed:
-        return values
-    out = values.clone()
-    dist.all_reduce(out, op=dist.ReduceOp.MAX)
-    return out
-
-
 def broadcast_object(obj: Any, ctx: DistContext) -> Any:
     """`obj` from rank 0 on every rank."""
     if not ctx.distributed:
@@ -78,6 +73,22 @@ def broadcast_object(obj: Any, ctx: DistContext) -> Any:
     box = [obj]
     dist.broadcast_object_list(box, src=0)
     return box[0]
+
+
+def on_main(fn: Callable[[], R], ctx: DistContext, errors: tuple[type[BaseException], ...] = (Exception,)) -> R:
+    """Run `fn` on rank 0 only and give every rank its result, or make every rank raise its error: a check that
+    fails on rank 0 then stops all processes with the same message instead of leaving the others waiting."""
+    result: Any = None
+    error: BaseException | None = None
+    if ctx.is_main:
+        try:
+            result = fn()
+        except errors as err:
+            error = err
+    result, error = broadcast_object((result, error), ctx)
+    if error is not None:
+        raise error
+    return result
 
 
 def gather_objects(obj: Any, ctx: DistContext) -> list[Any]:
@@ -96,10 +107,18 @@ def seed_everything(seed: int) -> None:
 
 
 def rng_state() -> dict[str, Any]:
-    """This process's random generator states (for exact resume)."""
+    """This process's random generator states (for exact resume), as tensors, numbers and lists only, so that a
+    checkpoint can be read back with `torch.load(weights_only=True)`."""
+    version, python_state, gauss = random.getstate()
+    _, key, pos, has_gauss, cached_gaussian = np.random.get_state(legacy=True)
     state: dict[str, Any] = {
-        "python": random.getstate(),
-        "numpy": np.random.get_state(),
+        "python": {"version": version, "state": list(python_state), "gauss": gauss},
+        "numpy": {
+            "key": torch.from_numpy(key.astype(np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "gauss": float(cached_gaussian),
+        },
         "torch": torch.get_rng_state(),
     }
     if torch.cuda.is_available():
@@ -108,8 +127,10 @@ def rng_state() -> dict[str, Any]:
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    py = state["python"]
+    random.setstate((py["version"], tuple(py["state"]), py["gauss"]))
+    npy = state["numpy"]
+    np.random.set_state(("MT19937", npy["key"].numpy().astype(np.uint32), npy["pos"], npy["has_gauss"], npy["gauss"]))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])

@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
 from tqdm import tqdm
 
+from prismatic.util.atomic_io import atomic_write_text
 from prismatic.util.benchmarking import peak_resident_memory_gb
+from prismatic.util.cli import UserInputError
+from prismatic.util.wandb_settings import WandbSettings
 
 # WandB / metrics.jsonl keys, exactly as the user's guide names them.
 LOSS = "VLA Train/Loss"
@@ -18,6 +22,7 @@ CURR_L1 = "VLA Train/Curr Action L1 Loss"
 NEXT_L1 = "VLA Train/Next Actions L1 Loss"
 GRAD_NORM = "VLA Train/Gradient Norm"
 LR = "VLA Train/Learning Rate"
+UPDATE_RATIO = "VLA Train/Update Ratio"  # ||update|| / ||weights|| of the step (NaN when the step was skipped early)
 SAMPLES_PER_S = "VLA Train/Samples per Second"
 DATA_WAIT = "VLA Train/Data Wait Share"
 SKIPPED = "VLA Train/Skipped Steps"
@@ -29,6 +34,24 @@ LAMBDA = "CRaFT/Lambda"
 LAMBDA_BEFORE = "CRaFT/Lambda Before"
 LAMBDA_AFTER = "CRaFT/Lambda After"
 CONFLICT = "CRaFT/Conflict Ratio"
+GUIDE_METRICS = (
+    LOSS,
+    CURR_L1,
+    NEXT_L1,
+    GRAD_NORM,
+    LR,
+    RET,
+    RET_NONFINITE,
+    LAMBDA,
+    LAMBDA_BEFORE,
+    LAMBDA_AFTER,
+    CONFLICT,
+)
+
+METRICS_FILE = "metrics.jsonl"
+PROGRESS_LOG = "train_progress.log"
+# A progress-log line that belongs to a step: `Step 12/100 | ...` or `[finetune] step 12: ...`.
+_STEP_LINE = re.compile(r"^(?:Step (\d+)/|\[[\w-]+\] step (\d+):)")
 
 
 def peak_memory_gb(device_type: str) -> dict[str, float]:
@@ -78,10 +101,14 @@ class MetricsSinks:
     _progress: TextIO | None = None
     _jsonl: TextIO | None = None
 
-    def open(self) -> MetricsSinks:
+    def open(self, start_step: int = 0, history_from: Path | None = None) -> MetricsSinks:
+        """Open the logs for appending, first cut back to `start_step`: a resumed run trains again the steps a crash
+        left after its checkpoint, and a fresh run starts empty. A run that branches off another run's checkpoint
+        starts with that run's history up to `start_step`."""
         if self.active:
-            self._progress = (self.run_dir / "train_progress.log").open("a", encoding="utf-8")
-            self._jsonl = (self.run_dir / "metrics.jsonl").open("a", encoding="utf-8")
+            truncate_logs(history_from if history_from is not None else self.run_dir, self.run_dir, start_step)
+            self._progress = (self.run_dir / PROGRESS_LOG).open("a", encoding="utf-8")
+            self._jsonl = (self.run_dir / METRICS_FILE).open("a", encoding="utf-8")
         return self
 
     def log(self, step: int, metrics: dict[str, float]) -> str | None:
@@ -101,9 +128,11 @@ class MetricsSinks:
             return line
         return None
 
-    def message(self, text: str) -> None:
-        """A one-off notice (skipped step, checkpoint saved, ...) on the console and in the progress log."""
+    def message(self, text: str, step: int | None = None) -> None:
+        """A one-off notice on the console and in the progress log; tagged `[finetune] step N:` when it belongs to
+        a step, so that a resume can cut the log back to its checkpoint."""
         if self.active:
+            text = f"[finetune] step {step}: {text}" if step is not None else f"[finetune] {text}"
             assert self._progress is not None
             self._progress.write(text + "\n")
             self._progress.flush()
@@ -117,22 +146,57 @@ class MetricsSinks:
             self.wandb_run.finish()
 
 
-def init_wandb(project: str, entity: str | None, mode: str, run_id: str, run_dir: Path, config: dict[str, Any]) -> Any:
+def read_metrics(path: Path) -> list[dict[str, Any]]:
+    """Rows of a `metrics.jsonl`, one per step (the last one written wins), in step order; a line torn by a crash
+    is skipped."""
+    rows: dict[int, dict[str, Any]] = {}
+    if path.is_file():
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(row, dict) and isinstance(row.get("step"), int):
+                rows[row["step"]] = row
+    return [rows[step] for step in sorted(rows)]
+
+
+def truncate_logs(source_dir: Path, run_dir: Path, step: int) -> None:
+    """Write `run_dir`'s logs as `source_dir`'s up to `step`: metrics rows of steps <= step, and the progress log up
+    to its first line of a later step (both rewritten atomically)."""
+    rows = [row for row in read_metrics(source_dir / METRICS_FILE) if row["step"] <= step]
+    atomic_write_text(run_dir / METRICS_FILE, "".join(json.dumps(row) + "\n" for row in rows))
+    progress = source_dir / PROGRESS_LOG
+    kept = []
+    for line in progress.read_text(encoding="utf-8").splitlines(keepends=True) if progress.is_file() else []:
+        match = _STEP_LINE.match(line)
+        if match and int(match.group(1) or match.group(2)) > step:
+            break
+        kept.append(line)
+    atomic_write_text(run_dir / PROGRESS_LOG, "".join(kept))
+
+
+def init_wandb(settings: WandbSettings, run_id: str, config: dict[str, Any]) -> Any:
     """Start (or, on resume, continue) the WandB run; a failure says how to run without it."""
+    if settings.mode == "disabled":
+        return None
     import wandb
 
+    if settings.dir is not None:
+        settings.dir.mkdir(parents=True, exist_ok=True)
     try:
         return wandb.init(
-            project=project,
-            entity=entity,
+            project=settings.project,
+            entity=settings.entity,
             name=run_id,
             id=run_id.replace("+", "-")[:120],
             resume="allow",
-            mode=mode,
-            dir=str(run_dir),
+            mode=settings.mode,
+            dir=str(settings.dir) if settings.dir is not None else None,
             config=config,
         )
     except Exception as err:
-        raise RuntimeError(
-            f"WandB could not start ({err}). Log in (`wandb login`), use --wandb_mode offline, or --use_wandb False"
+        raise UserInputError(
+            f"WandB could not start ({' '.join(str(err).split())}). Log in (`wandb login`), or run without it: "
+            "WANDB_MODE=offline (or --wandb_mode offline), or --use_wandb False"
         ) from err

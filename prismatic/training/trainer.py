@@ -4,13 +4,16 @@ One optimizer step = `grad_accumulation_steps` micro-batches of `batch_size` sam
 schedule and checkpoints advance once per optimizer step. Gradients of every trainable module (VLM adapters, action
 queries, action head, proprio projector) are averaged over processes: by DDP for baseline steps, by CRaFT's single
 all-reduce of both gradients for CRaFT steps (and for a baseline's periodic CRaFT measurements).
+
+Start-up runs the cheap checks first (flags, the checkpoint to resume from, the run folder, WandB, the dataset's
+shards and statistics) so that a mistake costs seconds, not a model load. What a run saves and restores is owned by
+`TrainingState` (checkpointing.py); what a resume may change is decided in resume.py.
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import logging
 import time
 from collections.abc import Iterator
@@ -32,39 +35,37 @@ from prismatic.models.vlm import PrismaticVLM
 from prismatic.training import metrics as M
 from prismatic.training.anchor import Anchor, retention_features
 from prismatic.training.checkpointing import (
-    LATEST_POINTER,
-    checkpoint_path,
-    load_training_state,
-    prune_checkpoints,
-    restore_trainable_weights,
-    save_checkpoint,
-    update_latest_pointer,
+    CheckpointInfo,
+    NonFiniteTrainingError,
+    RunPaths,
+    TrainingState,
+    inspect_checkpoint,
+    verify_checkpoint,
 )
 from prismatic.training.config import CONFIG_SNAPSHOT, FinetuneConfig, save_config_snapshot
 from prismatic.training.distributed import (
     DistContext,
     all_reduce_mean,
     barrier,
-    gather_objects,
     init_distributed,
-    rng_state,
+    on_main,
     seed_everything,
-    set_rng_state,
     shutdown_distributed,
 )
 from prismatic.training.metrics import MetricsSinks, init_wandb
-from prismatic.training.schedule import make_scheduler
+from prismatic.training.resume import FlagChange, check_destination, check_resume
+from prismatic.training.schedule import LRSchedule
+from prismatic.training.update_guard import check_adamw_update
 from prismatic.util.atomic_io import atomic_write_json
+from prismatic.util.cli import USER_ERRORS
 from prismatic.vla.constants import IGNORE_INDEX
 from prismatic.vla.datasets import PaddedCollatorForActionPrediction, RLDSBatchTransform, RLDSDataset
 from prismatic.vla.datasets.registry import robot_constants
 from prismatic.vla.datasets.rlds.statistics import save_dataset_statistics
 
+__all__ = ["NonFiniteTrainingError", "train"]
+
 log = logging.getLogger(__name__)
-
-
-class NonFiniteTrainingError(RuntimeError):
-    """Too many consecutive steps had a non-finite loss or gradient."""
 
 
 def noise_seed(seed: int, step: int, micro: int) -> int:
@@ -80,43 +81,6 @@ def _to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
 # ---------------------------------------------------------------------------------------------------------------
 # setup
 # ---------------------------------------------------------------------------------------------------------------
-def check_resume(cfg: FinetuneConfig, ctx: DistContext) -> dict[str, Any] | None:
-    """Read and cross-check the checkpoint to resume from (before anything expensive is built)."""
-    if not cfg.resume:
-        return None
-    assert cfg.resum_vla_path is not None
-    state = load_training_state(cfg.resum_vla_path)
-    step = int(state["step"])
-    if cfg.resume_step is not None and cfg.resume_step != step:
-        raise ValueError(
-            f"--resume_step {cfg.resume_step} does not match {cfg.resum_vla_path}, which holds step {step}: "
-            f"pass --resume_step {step} (or point --resum_vla_path at the step-{cfg.resume_step} checkpoint)"
-        )
-    if step >= cfg.max_steps:
-        raise ValueError(f"the checkpoint is at step {step} and --max_steps is {cfg.max_steps}: raise --max_steps")
-    data = state["data"]
-    changed = {
-        name: (data[name], now)
-        for name, now in (
-            ("world_size", ctx.world_size),
-            ("batch_size", cfg.batch_size),
-            ("grad_accumulation_steps", cfg.grad_accumulation_steps),
-            ("seed", cfg.seed),
-            ("data_sharding", cfg.data_sharding),
-        )
-        if data.get(name) != now
-    }
-    if changed:
-        text = ", ".join(f"{k} {old} -> {new}" for k, (old, new) in changed.items())
-        if not cfg.allow_resume_config_change:
-            raise ValueError(
-                f"resuming with a different setup ({text}) cannot continue the same data sequence and optimisation; "
-                "restore the original values or pass --allow_resume_config_change True to accept the change"
-            )
-        log.warning("resuming with a changed setup (%s): the data sequence restarts from the checkpoint's seed", text)
-    return state
-
-
 def trainable_vlm(vlm: PrismaticVLM, use_lora: bool, lora_rank: int, lora_dropout: float) -> torch.nn.Module:
     """LoRA-wrap the VLM, or (full fine-tuning) train every parameter a forward reaches."""
     if use_lora:
@@ -177,19 +141,6 @@ def build_data(
         collate_fn=PaddedCollatorForActionPrediction(tokenizer.pad_token_id),
     )
     return dataset, iter(loader)
-
-
-def prepare_run_dir(cfg: FinetuneConfig, run_dir: Path) -> None:
-    """Refuse to overwrite another run's logs and checkpoints unless resuming it."""
-    has_run = (run_dir / "metrics.jsonl").exists() or any(cfg.run_root_dir.glob(f"{run_dir.name}--*_chkpt"))
-    if has_run and not cfg.resume:
-        latest = run_dir / LATEST_POINTER
-        hint = f" --resum_vla_path {cfg.run_root_dir / latest.read_text().strip()}" if latest.is_file() else ""
-        raise FileExistsError(
-            f"{run_dir} already holds a run: resume it (--resume True{hint}) or start another one "
-            "(--run_id_note NOTE or --run_id_override NAME)"
-        )
-    run_dir.mkdir(parents=True, exist_ok=True)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -271,82 +222,82 @@ def train(cfg: FinetuneConfig) -> Path:
         shutdown_distributed()
 
 
-def _train(cfg: FinetuneConfig, ctx: DistContext) -> Path:
+def start_checks(cfg: FinetuneConfig, ctx: DistContext) -> tuple[RunPaths, CheckpointInfo | None, list[FlagChange]]:
+    """Everything knowable before data or model: flags, the checkpoint to resume from, and where the run writes."""
     cfg.validate()
-    resume_state = check_resume(cfg, ctx)
-    run_id = cfg.run_id()
-    run_dir = Path(cfg.run_root_dir) / run_id
+    info, changes = None, []
+    if cfg.resume:
+        assert cfg.resum_vla_path is not None
+        on_main(lambda: verify_checkpoint(cfg.resum_vla_path), ctx, USER_ERRORS)  # hashes every file once
+        info = inspect_checkpoint(cfg.resum_vla_path)
+        changes = check_resume(cfg, info, ctx.world_size)
+    paths = RunPaths(Path(cfg.run_root_dir), cfg.run_id())
+    on_main(lambda: check_destination(paths, info), ctx, USER_ERRORS)
+    return paths, info, changes
+
+
+def _train(cfg: FinetuneConfig, ctx: DistContext) -> Path:
+    paths, info, changes = start_checks(cfg, ctx)
+    start_step = info.step if info is not None else 0
+    run_dir = paths.run_dir
     if ctx.is_main:
-        prepare_run_dir(cfg, run_dir)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        paths.clean_staging_leftovers()
     barrier(ctx)
-    start_step = int(resume_state["step"]) if resume_state else 0
-    craft_cfg = cfg.craft_config()
-    use_craft_machinery = cfg.use_craft or cfg.craft_measure_freq > 0
+    sinks = MetricsSinks(
+        run_dir, ctx.is_main, cfg.console_log_freq, cfg.wandb_log_freq, cfg.max_steps, cfg.craft_retention_budget
+    )
+    if cfg.use_wandb:  # before anything heavy: a missing login fails in seconds, on every process
 
-    # Model: identical initialisation on every process, then the checkpoint's weights when resuming.
-    seed_everything(cfg.seed)
+        def start_wandb() -> None:
+            config = {k: str(v) for k, v in asdict(cfg).items()}
+            sinks.wandb_run = init_wandb(cfg.wandb_settings(run_dir), paths.run_id, config)
+
+        on_main(start_wandb, ctx, USER_ERRORS)
+    branched_from = info.folder.parent / info.run_id if info is not None and info.run_id != paths.run_id else None
+    sinks.open(start_step, history_from=branched_from)
+    if changes:
+        sinks.message(f"resuming with changed flags: {', '.join(map(str, changes))}", step=start_step)
+
+    # Data before the model: a bad dataset (missing shard, wrong statistics) fails in seconds.
     tokenizer = load_tokenizer(cfg.config_file_path)
-    policy, spec = build_policy(cfg)
-    anchor = Anchor(policy.vlm, craft_cfg) if use_craft_machinery else None  # theta_0, before any restore
-    if resume_state is not None:
-        assert cfg.resum_vla_path is not None
-        restore_trainable_weights(policy, cfg.resum_vla_path, start_step)
-    if cfg.gradient_checkpointing:
-        policy.base_vlm.enable_gradient_checkpointing()
-    policy.to(ctx.device).train()
-    if anchor is not None and anchor.frozen_copy:
-        anchor.vlm.to(ctx.device)
-    trainable = [p for p in policy.parameters() if p.requires_grad]
-
-    # Data: this process's stream, positioned after the samples already trained on.
-    statistics = None
-    if resume_state is not None:
-        assert cfg.resum_vla_path is not None
-        statistics = json.loads((Path(cfg.resum_vla_path) / "dataset_statistics.json").read_text())
-    dataset, batches = build_data(cfg, ctx, tokenizer, start_step, statistics)
+    dataset, batches = build_data(cfg, ctx, tokenizer, start_step, info.statistics if info is not None else None)
     statistics = dataset.dataset_statistics
     if ctx.is_main:
         save_config_snapshot(cfg, run_dir / CONFIG_SNAPSHOT)
         save_dataset_statistics(run_dir, statistics)
         atomic_write_json(run_dir / "episodes.json", dataset.info.manifest)
 
+    # Model: identical initialisation on every process, then the checkpoint's state when resuming.
+    seed_everything(cfg.seed)
+    policy, spec = build_policy(cfg)
+    craft_cfg = cfg.craft_config()
+    use_craft_machinery = cfg.use_craft or cfg.craft_measure_freq > 0
+    anchor = Anchor(policy.vlm, craft_cfg) if use_craft_machinery else None  # theta_0, before any restore
+    if cfg.gradient_checkpointing:
+        policy.base_vlm.enable_gradient_checkpointing()
+    policy.to(ctx.device).train()
+    if anchor is not None and anchor.frozen_copy:
+        anchor.vlm.to(ctx.device)
+    trainable = [p for p in policy.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(
         trainable, lr=cfg.learning_rate, betas=(0.9, 0.999), eps=1e-8, weight_decay=cfg.weight_decay
     )
-    scheduler = make_scheduler(optimizer, cfg.lr_warmup_steps, cfg.num_steps_before_decay)
+    schedule = LRSchedule(cfg.learning_rate, cfg.lr_warmup_steps, cfg.num_steps_before_decay)
     craft_step = CRaFTStep(trainable, craft_cfg, measure_only=not cfg.use_craft) if use_craft_machinery else None
-    counters = {"skipped_steps": 0, "consecutive_nonfinite": 0}
-    if resume_state is not None:
-        optimizer.load_state_dict(resume_state["optimizer"])
-        scheduler.load_state_dict(resume_state["scheduler"])
-        if craft_step is not None and resume_state.get("craft") is not None:
-            craft_step.load_state_dict(resume_state["craft"])
-        counters.update(resume_state.get("counters", {}))
-        rngs = resume_state["rng"]
-        set_rng_state(rngs[ctx.rank] if ctx.rank < len(rngs) else rngs[0])
+    state = TrainingState(paths, cfg, ctx, policy, spec, optimizer, schedule, craft_step, statistics)
+    if info is not None:
+        state.restore(info)
 
     model: torch.nn.Module = policy
     if ctx.distributed:
         device_ids = [ctx.local_rank] if ctx.device.type == "cuda" else None
         model = DistributedDataParallel(policy, device_ids=device_ids, find_unused_parameters=False)
 
-    sinks = MetricsSinks(
-        run_dir, ctx.is_main, cfg.console_log_freq, cfg.wandb_log_freq, cfg.max_steps, cfg.craft_retention_budget
-    )
-    if ctx.is_main and cfg.use_wandb:
-        sinks.wandb_run = init_wandb(
-            cfg.wandb_project,
-            cfg.wandb_entity,
-            cfg.wandb_mode,
-            run_id,
-            run_dir,
-            {k: str(v) for k, v in asdict(cfg).items()},
-        )
-    sinks.open()
     if ctx.is_main:
         trainable_count = sum(p.numel() for p in trainable)
         sinks.message(
-            f"[finetune] run {run_id}: {'CRaFT' if cfg.use_craft else 'baseline'}, {ctx.world_size} process(es) on "
+            f"run {paths.run_id}: {'CRaFT' if cfg.use_craft else 'baseline'}, {ctx.world_size} process(es) on "
             f"{ctx.device.type}, global batch {cfg.batch_size * ctx.world_size * cfg.grad_accumulation_steps}, "
             f"{trainable_count:,} trainable parameters, {len(dataset):,} transitions"
             + (f", resuming at step {start_step}" if start_step else "")
@@ -354,6 +305,7 @@ def _train(cfg: FinetuneConfig, ctx: DistContext) -> Path:
 
     accum = cfg.grad_accumulation_steps
     stepper = GradientStepper(model, anchor, craft_step, craft_cfg, accum, cfg.seed, cfg.use_proprio, ctx)
+    counters = state.counters
     progress = tqdm(
         range(start_step + 1, cfg.max_steps + 1),
         initial=start_step,
@@ -368,13 +320,27 @@ def _train(cfg: FinetuneConfig, ctx: DistContext) -> Path:
         dual_before = craft_step.dual.state_dict() if craft_step is not None else None
         losses, craft_stats, data_wait = compute_gradients(stepper, batches, step, measure)
 
-        # Clip / measure the (already averaged over processes) gradient; skip the update if anything is non-finite.
+        # Clip / measure the (already averaged over processes) gradient, then look at the update before making it:
+        # a non-finite loss or gradient, or an update out of all proportion to the weights, is skipped.
         max_norm = cfg.max_grad_norm if cfg.max_grad_norm is not None else float("inf")
         grad_norm = torch.nn.utils.clip_grad_norm_(trainable, max_norm)
         means = all_reduce_mean(losses, ctx)
-        finite = bool(torch.isfinite(means[0]) and torch.isfinite(grad_norm))
-        lr = scheduler.get_last_lr()[0]
-        if finite:
+        lr = schedule.apply(optimizer, step - 1)
+        skip_reason = None
+        update_ratio = float("nan")
+        if not bool(torch.isfinite(means[0]) and torch.isfinite(grad_norm)):
+            skip_reason = "non-finite loss or gradient"
+        else:
+            update = check_adamw_update(optimizer)
+            update_ratio = update.ratio
+            if not update.acceptable(cfg.max_update_ratio):
+                skip_reason = (
+                    f"the update would move the weights by {update.ratio:.3g} x their norm (limit --max_update_ratio "
+                    f"{cfg.max_update_ratio})"
+                    if update.finite
+                    else "the update would make the weights non-finite"
+                )
+        if skip_reason is None:
             optimizer.step()
             counters["consecutive_nonfinite"] = 0
         else:
@@ -382,12 +348,8 @@ def _train(cfg: FinetuneConfig, ctx: DistContext) -> Path:
                 craft_step.dual.load_state_dict(dual_before)  # a skipped step does not move lambda either
             counters["skipped_steps"] += 1
             counters["consecutive_nonfinite"] += 1
-            sinks.message(
-                f"[finetune] step {step}: non-finite loss or gradient, update skipped "
-                f"({counters['consecutive_nonfinite']} in a row)"
-            )
+            sinks.message(f"{skip_reason}, update skipped ({counters['consecutive_nonfinite']} in a row)", step=step)
         optimizer.zero_grad(set_to_none=True)
-        scheduler.step()
 
         elapsed = time.perf_counter() - step_start
         metrics = {
@@ -396,6 +358,7 @@ def _train(cfg: FinetuneConfig, ctx: DistContext) -> Path:
             M.NEXT_L1: float(means[2]),
             M.GRAD_NORM: float(grad_norm),
             M.LR: lr,
+            M.UPDATE_RATIO: update_ratio,
             M.SAMPLES_PER_S: cfg.batch_size * accum * ctx.world_size / elapsed,
             M.DATA_WAIT: data_wait / elapsed,
             M.SKIPPED: float(counters["skipped_steps"]),
@@ -403,7 +366,7 @@ def _train(cfg: FinetuneConfig, ctx: DistContext) -> Path:
         }
         if craft_stats is not None:
             metrics.update(craft_stats.to_metrics())
-            if not finite:  # lambda was restored with the skipped update
+            if skip_reason is not None:  # lambda was restored with the skipped update
                 metrics[M.LAMBDA] = metrics[M.LAMBDA_AFTER] = craft_stats.lambda_before
         sinks.log(step, metrics)
         if ctx.is_main:
@@ -412,45 +375,12 @@ def _train(cfg: FinetuneConfig, ctx: DistContext) -> Path:
         if counters["consecutive_nonfinite"] >= cfg.max_nonfinite_steps:
             sinks.close()
             raise NonFiniteTrainingError(
-                f"{counters['consecutive_nonfinite']} consecutive steps had a non-finite loss or gradient (last: step "
-                f"{step}); lower --learning_rate, set --max_grad_norm, or check the data"
+                f"{counters['consecutive_nonfinite']} consecutive steps were skipped (last: step {step}, "
+                f"{skip_reason}); lower --learning_rate, set --max_grad_norm, or check the data"
             )
         if step % cfg.save_freq == 0 or step == cfg.max_steps:
-            state = {
-                "step": step,
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
-                "rng": gather_objects(rng_state(), ctx),
-                "craft": craft_step.state_dict() if craft_step is not None else None,
-                "counters": dict(counters),
-                "data": {
-                    "samples_per_process": step * cfg.batch_size * accum,
-                    "world_size": ctx.world_size,
-                    "batch_size": cfg.batch_size,
-                    "grad_accumulation_steps": accum,
-                    "seed": cfg.seed,
-                    "data_sharding": cfg.data_sharding,
-                },
-                "run_id": run_id,
-            }
-            if ctx.is_main:
-                folder = checkpoint_path(cfg.run_root_dir, run_id, step)
-                save_checkpoint(
-                    folder,
-                    policy,
-                    spec,
-                    cfg.config_file_path,
-                    statistics,
-                    state,
-                    (run_dir / CONFIG_SNAPSHOT).read_text(),
-                    step,
-                    cfg.merge_lora_during_training,
-                )
-                update_latest_pointer(run_dir, folder)
-                if cfg.save_latest_checkpoint_only:
-                    prune_checkpoints(cfg.run_root_dir, run_id, keep=folder)
-                sinks.message(f"[finetune] saved checkpoint {folder}")
-            barrier(ctx)
+            folder = state.save(step)
+            sinks.message(f"saved checkpoint {folder}", step=step)
     progress.close()
     sinks.close()
     return run_dir

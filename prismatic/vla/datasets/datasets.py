@@ -18,7 +18,10 @@ from transformers import PreTrainedTokenizerBase
 
 from prismatic.models.image_processing import PrismaticImageProcessor
 from prismatic.models.prompting import PromptIdCache, pad_prompts
+from prismatic.util.import_safety import import_tensorflow
 from prismatic.vla.datasets.rlds.stream import StreamConfig, StreamInfo, build_frame_stream
+
+tf = import_tensorflow()
 
 
 class RLDSBatchTransform:
@@ -102,8 +105,14 @@ class RLDSDataset(IterableDataset):
         return self.info
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
-        for frame in self.dataset.as_numpy_iterator():
-            yield frame if self.batch_transform is None else self.batch_transform(frame)
+        try:
+            for frame in self.dataset.as_numpy_iterator():
+                yield frame if self.batch_transform is None else self.batch_transform(frame)
+        except tf.errors.DataLossError as err:  # a record whose data is damaged (headers were checked up front)
+            raise ValueError(
+                f"reading {self.config.dataset_name} under {self.config.data_root_dir} failed: "
+                f"{' '.join(str(err.message).split())}; re-download or regenerate the dataset"
+            ) from err
 
     def __len__(self) -> int:
         return self.info.num_transitions

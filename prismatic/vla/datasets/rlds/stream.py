@@ -31,6 +31,7 @@ from prismatic.vla.datasets.rlds.episodes import (
     shard_for_rank,
     train_heldout_split,
 )
+from prismatic.vla.datasets.rlds.shards import validate_shards
 from prismatic.vla.datasets.rlds.standardize import STANDARDIZE
 from prismatic.vla.datasets.rlds.statistics import compute_statistics
 from prismatic.vla.datasets.rlds.transforms import (
@@ -176,6 +177,7 @@ def build_frame_stream(cfg: StreamConfig) -> tuple[Any, StreamInfo]:
     for ds_index, (config, weight) in enumerate(mixture):
         cameras = config.camera_keys(cfg.num_images)
         builder = open_builder(cfg.data_root_dir, config.name)
+        validate_shards(builder)  # a missing, empty or truncated shard fails here, naming the file
         table = load_episode_table(builder, config, use_cache=cfg.use_cache)
         tables[config.name] = table
         train_eps, heldout_eps = train_heldout_split(table.num_episodes, cfg.heldout_episode_fraction)
@@ -187,7 +189,10 @@ def build_frame_stream(cfg: StreamConfig) -> tuple[Any, StreamInfo]:
             chosen = select_few_shot(table, candidates, cfg.n_shot_episodes, cfg.seed)
         if cfg.statistics is not None:
             if config.name not in cfg.statistics:
-                raise KeyError(f"the given statistics have no entry for {config.name} ({sorted(cfg.statistics)})")
+                raise ValueError(
+                    f"the dataset statistics given (e.g. a checkpoint's dataset_statistics.json) have no entry for "
+                    f"{config.name}, only {sorted(cfg.statistics)}"
+                )
             stats = cfg.statistics[config.name]
         else:  # few-shot runs use the subset's statistics; otherwise the whole dataset's, as the reference
             stats = compute_statistics(

@@ -1,0 +1,191 @@
+"""What a resume may change, and where it may write, decided before anything expensive is built.
+
+Every flag that defines the run (model paths, LoRA settings, data, method and CRaFT flags, optimizer and schedule)
+is compared with the checkpoint's saved configuration. A difference stops the resume with one line listing each
+changed flag, unless `--allow_resume_config_change True`, which applies the new values and logs them. Flags in
+`ALWAYS_MUTABLE` (how long to train, how often to log and save, where to log) may change freely. Flags in
+`FIXED_ON_RESUME` change the shape or meaning of the saved weights and can never change on resume.
+
+A resume never replaces a finished checkpoint: resuming a run from an older checkpoint while newer ones exist is
+refused (resume from the newest, or continue as a new run with `--run_id_note` / `--run_id_override`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from pathlib import Path
+from typing import Any
+
+from prismatic.models.loaders import newest_checkpoint
+from prismatic.models.savers import TOKENIZER_AND_PROCESSOR_FILES
+from prismatic.training.checkpointing import CheckpointInfo, RunPaths
+from prismatic.training.config import FinetuneConfig, decode_config_snapshot
+from prismatic.training.metrics import METRICS_FILE, read_metrics
+from prismatic.util.cli import UserInputError
+from prismatic.vla.datasets.registry import resolve_mixture
+
+ALWAYS_MUTABLE = frozenset(
+    {
+        "max_steps",
+        "save_freq",
+        "save_latest_checkpoint_only",
+        "keep_last_n_checkpoints",
+        "merge_lora_during_training",
+        "console_log_freq",
+        "use_wandb",
+        "wandb_project",
+        "wandb_entity",
+        "wandb_mode",
+        "wandb_log_freq",
+        "max_nonfinite_steps",
+        "max_update_ratio",
+        "gradient_checkpointing",
+        "run_root_dir",
+        "run_id_note",
+        "run_id_override",
+        "resume",
+        "resume_step",
+        "resum_vla_path",
+        "allow_resume_config_change",
+    }
+)
+FIXED_ON_RESUME = {
+    "use_lora": "the checkpoint holds {old} weights",
+    "lora_rank": "the checkpoint's LoRA matrices have rank {old}",
+    "use_pro_version": "the checkpoint's action head is of the other kind",
+    "use_proprio": "the checkpoint's action head was trained with use_proprio={old}",
+    "num_images_in_input": "the checkpoint was trained on {old} image(s) per sample",
+    "dataset_name": "the checkpoint's normalisation statistics and action head belong to {old}",
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class FlagChange:
+    flag: str
+    old: Any
+    new: Any
+
+    def __str__(self) -> str:
+        return f"--{self.flag} {self.old} -> {self.new}"
+
+
+def _fingerprint(files: list[Path]) -> str | None:
+    digest = hashlib.sha256()
+    for path in files:
+        if not path.is_file():
+            return None
+        digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()
+
+
+def _same_vlm(old: Path, new: Path) -> bool:
+    """Same folder, or a copy of it (same config and newest checkpoint file name and size)."""
+    if Path(old).resolve() == Path(new).resolve():
+        return True
+    try:
+        a, b = newest_checkpoint(Path(old) / "checkpoints"), newest_checkpoint(Path(new) / "checkpoints")
+    except FileNotFoundError:
+        return False
+    configs = (Path(old) / "config.json", Path(new) / "config.json")
+    return (a.name, a.stat().st_size) == (b.name, b.stat().st_size) and _fingerprint([configs[0]]) == _fingerprint(
+        [configs[1]]
+    )
+
+
+def _same_data(old: Path, new: Path, dataset_name: str) -> bool:
+    """Same folder, or one holding the same datasets (identical `dataset_info.json` of every member)."""
+    if Path(old).resolve() == Path(new).resolve():
+        return True
+    for config, _ in resolve_mixture(dataset_name):
+        infos = [sorted((Path(root) / config.name).glob("*/dataset_info.json")) for root in (old, new)]
+        if not infos[0] or [_fingerprint([p]) for p in infos[0]] != [_fingerprint([p]) for p in infos[1]]:
+            return False
+    return True
+
+
+def _same_tokenizer(bundle: Path, checkpoint: Path) -> bool:
+    """The config bundle's tokenizer and processor files equal those the checkpoint carries (its own copy)."""
+    names = [name for name in TOKENIZER_AND_PROCESSOR_FILES if (checkpoint / name).is_file()]
+    return _fingerprint([bundle / n for n in names]) == _fingerprint([checkpoint / n for n in names])
+
+
+def changed_flags(saved: FinetuneConfig, now: FinetuneConfig, checkpoint: Path) -> list[FlagChange]:
+    """Flags that define the run and differ between the checkpoint's configuration and this one."""
+    changes = []
+    for field in dataclasses.fields(FinetuneConfig):
+        name = field.name
+        old, new = getattr(saved, name), getattr(now, name)
+        if name in ALWAYS_MUTABLE or old == new:
+            continue
+        if name == "vlm_path" and _same_vlm(old, new):
+            continue
+        if name == "data_root_dir" and _same_data(old, new, now.dataset_name):
+            continue
+        if name == "config_file_path" and _same_tokenizer(Path(new), checkpoint):
+            continue
+        if name == "vision_weights_dir" and None not in (old, new) and Path(old).resolve() == Path(new).resolve():
+            continue
+        changes.append(FlagChange(name, old, new))
+    return changes
+
+
+def check_resume(cfg: FinetuneConfig, info: CheckpointInfo, world_size: int) -> list[FlagChange]:
+    """Refuse a resume that is inconsistent or would silently change the run; returns the allowed changes."""
+    folder = info.folder
+    if cfg.resume_step is not None and cfg.resume_step != info.step:
+        raise UserInputError(
+            f"--resume_step {cfg.resume_step} does not match {folder}, which holds step {info.step}: pass "
+            f"--resume_step {info.step} (or point --resum_vla_path at the step-{cfg.resume_step} checkpoint)"
+        )
+    if info.step >= cfg.max_steps:
+        raise UserInputError(
+            f"the checkpoint is at step {info.step} and --max_steps is {cfg.max_steps}: raise --max_steps"
+        )
+    changes = changed_flags(decode_config_snapshot(info.config_snapshot), cfg, folder)
+    if info.world_size != world_size:
+        changes.append(FlagChange("nproc-per-node (processes)", info.world_size, world_size))
+    fixed = [c for c in changes if c.flag in FIXED_ON_RESUME]
+    if fixed:
+        reasons = "; ".join(f"{c} ({FIXED_ON_RESUME[c.flag].format(old=c.old)})" for c in fixed)
+        raise UserInputError(
+            f"resuming from {folder} cannot change: {reasons}. Resume with the checkpoint's values, or start a new run"
+        )
+    if changes and not cfg.allow_resume_config_change:
+        raise UserInputError(
+            f"resuming from {folder} with changed flags: {', '.join(map(str, changes))}. Restore the checkpoint's "
+            "values, or pass --allow_resume_config_change True to apply the new ones (each change is logged)"
+        )
+    return changes
+
+
+def check_destination(paths: RunPaths, info: CheckpointInfo | None) -> None:
+    """Refuse a run that would replace or mix into another run's files (before anything is written)."""
+    existing = paths.checkpoints()
+    # A folder left by a start that failed before its first step holds nothing to protect.
+    has_logs = bool(read_metrics(paths.run_dir / METRICS_FILE))
+    if info is None:
+        if has_logs or existing:
+            latest = paths.latest() or (list(existing.values())[-1] if existing else None)
+            hint = f" --resum_vla_path {latest}" if latest is not None else ""
+            raise FileExistsError(
+                f"{paths.run_dir} already holds a run: resume it (--resume True{hint}) or start another one "
+                "(--run_id_note NOTE or --run_id_override NAME)"
+            )
+        return
+    if info.run_id != paths.run_id:
+        if has_logs or existing:
+            raise FileExistsError(
+                f"{paths.run_dir} already holds another run (the checkpoint belongs to {info.run_id}): continue as a "
+                "new run with another --run_id_note / --run_id_override"
+            )
+        return
+    later = {step: path for step, path in existing.items() if step > info.step}
+    if later:
+        names = ", ".join(path.name for path in later.values())
+        newest = list(later.values())[-1]
+        raise FileExistsError(
+            f"run {paths.run_id} already has checkpoints after step {info.step} ({names}); resuming from step "
+            f"{info.step} would replace them. Resume from the newest (--resum_vla_path {newest}), or continue from "
+            f"step {info.step} as a new run with --run_id_note NOTE (or --run_id_override NAME)"
+        )
