@@ -112,6 +112,7 @@ def test_a_malicious_pickle_in_any_slot_is_refused_and_never_runs(
     tiny_libero: Path,
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
+    no_model: None,
 ) -> None:
     runs, _ = run_copy
     ckpt = runs / "tiny--4_chkpt"
@@ -423,7 +424,16 @@ def test_bad_flags_get_one_line_before_the_model_is_built(
     assert not (tmp_path / "tiny").exists() or not any((tmp_path / "tiny").iterdir())
 
 
-BAD_FILES = ["truncated component", "lora_adapter deleted", "statistics deleted", "empty shard", "truncated shard"]
+BAD_FILES = [
+    "truncated component",
+    "lora_adapter deleted",
+    "statistics deleted",
+    "different lora rank",
+    "different dataset",
+    "corrupt training state",
+    "empty shard",
+    "truncated shard",
+]
 
 
 @pytest.mark.parametrize("case", BAD_FILES)
@@ -450,6 +460,16 @@ def test_bad_files_get_one_line_before_the_model_is_built(
     elif case == "statistics deleted":
         (ckpt / "dataset_statistics.json").unlink()
         expected = f"error: {ckpt / 'dataset_statistics.json'} is missing, but"
+    elif case == "different lora rank":
+        resume = {**resume, "lora_rank": 8, "allow_resume_config_change": True}
+        expected = f"error: resuming from {ckpt} cannot change: --lora_rank 4 -> 8"
+    elif case == "different dataset":
+        resume = {**resume, "dataset_name": "libero_goal_no_noops"}
+        expected = f"error: resuming from {ckpt} cannot change: --dataset_name {DATASET} -> libero_goal_no_noops"
+    elif case == "corrupt training state":
+        (ckpt / "training_state.pt").write_bytes(b"\0" * 64)
+        write_manifest(ckpt)  # consistent manifest: the file itself must be refused
+        expected = f"error: cannot read {ckpt / 'training_state.pt'}: it is truncated or damaged"
     else:
         shard = break_dataset(data, "empty" if case == "empty shard" else "truncated")
         expected = f"error: {shard}: " + ("empty file" if case == "empty shard" else "truncated")

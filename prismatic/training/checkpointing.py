@@ -205,6 +205,9 @@ def inspect_checkpoint(folder: str | Path) -> CheckpointInfo:
             f"{folder / TRAINING_STATE} holds no optimizer state (--keep_last_n_checkpoints keeps it in the newest "
             "checkpoint only): resume from the run's latest checkpoint"
         )
+    for path in sorted(folder.glob("*.pt")):  # refuse a component that is not plain tensors now, not after the build
+        if path.name != TRAINING_STATE:
+            load_tensor_file(path, mmap=True)
     statistics_path = folder / DATASET_STATISTICS
     if not statistics_path.is_file():
         raise FileNotFoundError(f"{statistics_path} is missing: the checkpoint is incomplete; use another one")

@@ -162,10 +162,12 @@ def check_resume(cfg: FinetuneConfig, info: CheckpointInfo, world_size: int) -> 
 def check_destination(paths: RunPaths, info: CheckpointInfo | None) -> None:
     """Refuse a run that would replace or mix into another run's files (before anything is written)."""
     existing = paths.checkpoints()
-    # A folder left by a start that failed before its first step holds nothing to protect.
-    has_logs = bool(read_metrics(paths.run_dir / METRICS_FILE))
+    start = info.step if info is not None else 0
+    # Steps this run trained itself; a start that failed before its first step (the history a new run copies from
+    # the checkpoint's run included) holds nothing to protect and may simply be started again.
+    trained = [row for row in read_metrics(paths.run_dir / METRICS_FILE) if row["step"] > start]
     if info is None:
-        if has_logs or existing:
+        if trained or existing:
             latest = paths.latest() or (list(existing.values())[-1] if existing else None)
             hint = f" --resum_vla_path {latest}" if latest is not None else ""
             raise FileExistsError(
@@ -174,7 +176,7 @@ def check_destination(paths: RunPaths, info: CheckpointInfo | None) -> None:
             )
         return
     if info.run_id != paths.run_id:
-        if has_logs or existing:
+        if trained or existing:
             raise FileExistsError(
                 f"{paths.run_dir} already holds another run (the checkpoint belongs to {info.run_id}): continue as a "
                 "new run with another --run_id_note / --run_id_override"

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import pickle
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -53,12 +52,12 @@ def load_tensor_file(path: str | Path, mmap: bool = False) -> Any:
         return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except Exception as err:
         message = str(err)
-        if isinstance(err, pickle.UnpicklingError) or "weights_only" in message or "Unsupported global" in message:
+        if mmap and "mmap can only be used" in message:  # a legacy (non-zip) file: read it without mapping
+            return load_tensor_file(path)
+        if "unsupported global" in message.lower():
             reason = "it holds objects other than tensors and plain containers (possibly code), so it was not loaded"
-        elif "zip archive" in message or "PytorchStreamReader" in message or isinstance(err, EOFError):
-            reason = "it is truncated or damaged"
         else:
-            reason = message.strip().split(". ")[0] or type(err).__name__
+            reason = "it is truncated or damaged (not a plain tensor file)"
         raise CheckpointFileError(f"cannot read {path}: {reason}; use an intact checkpoint") from err
 
 
