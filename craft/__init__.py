@@ -6,7 +6,7 @@ the dual variable and the optimizer step that combines them. It knows nothing ab
 
 from __future__ import annotations
 
-from craft.config import ANCHOR_TYPES, CR_TOKEN_MODES, CRaFTConfig
+from craft.config import ANCHOR_TYPES, CR_TOKEN_MODES, CRaFTConfig, CRaFTConfigError
 from craft.dual import DualVariable
 from craft.features import (
     TokenMasks,
@@ -28,6 +28,7 @@ __all__ = [
     "DEFAULT_PROJECTION_DELTA",
     "AccumulatedTotals",
     "CRaFTConfig",
+    "CRaFTConfigError",
     "CRaFTStep",
     "CRaFTStepStats",
     "DualVariable",

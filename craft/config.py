@@ -1,4 +1,7 @@
-"""CRaFT hyperparameters, named as in the training CLI (`--craft_<field>`), with validation that names the flag."""
+"""CRaFT hyperparameters, validated when a `CRaFTConfig` is built: a config that exists is a valid one.
+
+Errors name the config field (`CRaFTConfigError.field`); a host program maps fields to its own flag names.
+"""
 
 from __future__ import annotations
 
@@ -9,18 +12,22 @@ ANCHOR_TYPES = ("concat", "aq_only", "raw_only")
 CR_TOKEN_MODES = ("vision_only", "vision_plus_prompt")
 
 
-def cli_flag(field_name: str) -> str:
-    """The training-CLI flag of a config field, so error messages point at what the user typed."""
-    return f"--craft_{field_name}"
+class CRaFTConfigError(ValueError):
+    """A bad CRaFT hyperparameter: `field` is the `CRaFTConfig` field, `reason` what is wrong with its value."""
+
+    def __init__(self, field: str, reason: str) -> None:
+        super().__init__(f"{field} {reason}")
+        self.field = field
+        self.reason = reason
 
 
-def check_choice(field_name: str, value: object, choices: tuple[str, ...]) -> None:
-    """Raise ValueError naming the flag when `value` is not one of `choices`."""
+def check_choice(field: str, value: object, choices: tuple[str, ...]) -> None:
+    """Raise CRaFTConfigError naming `field` when `value` is not one of `choices`."""
     if value not in choices:
-        raise ValueError(f"{cli_flag(field_name)} must be one of {', '.join(choices)} (got {value!r})")
+        raise CRaFTConfigError(field, f"must be one of {', '.join(choices)} (got {value!r})")
 
 
-@dataclass
+@dataclass(frozen=True)
 class CRaFTConfig:
     """Constrained fine-tuning: minimise L_act subject to L_ret <= retention_budget (defaults from the user's guide)."""
 
@@ -45,35 +52,29 @@ class CRaFTConfig:
     initial_lambda: float = 0.0
     """lambda at the first step when the dual update is enabled."""
 
-    def validate(self) -> CRaFTConfig:
-        """Raise ValueError naming the CLI flag of the first bad value; return self so calls can be chained."""
-        _require_finite_number("retention_budget", self.retention_budget)
-        if self.retention_budget <= 0:
-            raise ValueError(f"{cli_flag('retention_budget')} must be > 0 (got {self.retention_budget})")
-        _require_finite_number("dual_lr", self.dual_lr)
-        if self.dual_lr < 0:
-            raise ValueError(f"{cli_flag('dual_lr')} must be >= 0 (got {self.dual_lr})")
-        _require_finite_number("fixed_lambda", self.fixed_lambda)
-        if self.fixed_lambda < 0:
-            raise ValueError(f"{cli_flag('fixed_lambda')} must be >= 0 (got {self.fixed_lambda})")
-        _require_finite_number("initial_lambda", self.initial_lambda)
-        if self.initial_lambda < 0:
-            raise ValueError(f"{cli_flag('initial_lambda')} must be >= 0 (got {self.initial_lambda})")
-        _require_finite_number("projection_delta", self.projection_delta)
-        if self.projection_delta <= 0:
-            raise ValueError(f"{cli_flag('projection_delta')} must be > 0 (got {self.projection_delta})")
+    def __post_init__(self) -> None:
+        _require_number("retention_budget", self.retention_budget, minimum=0.0, inclusive=False)
+        _require_number("dual_lr", self.dual_lr, minimum=0.0)
+        _require_number("fixed_lambda", self.fixed_lambda, minimum=0.0)
+        _require_number("initial_lambda", self.initial_lambda, minimum=0.0)
+        _require_number("projection_delta", self.projection_delta, minimum=0.0, inclusive=False)
         check_choice("anchor_type", self.anchor_type, ANCHOR_TYPES)
         check_choice("cr_token_mode", self.cr_token_mode, CR_TOKEN_MODES)
-        idx = self.anchor_layer_idx
-        if idx is not None and (isinstance(idx, bool) or not isinstance(idx, int)):
-            raise ValueError(f"{cli_flag('anchor_layer_idx')} must be an integer or None (got {idx!r})")
+        check_layer_index(self.anchor_layer_idx)
         for name in ("enable_projection", "enable_dual"):
             if not isinstance(getattr(self, name), bool):
-                raise ValueError(f"{cli_flag(name)} must be a boolean (got {getattr(self, name)!r})")
-        return self
+                raise CRaFTConfigError(name, f"must be a boolean (got {getattr(self, name)!r})")
 
 
-def _require_finite_number(field_name: str, value: object) -> None:
-    """Reject non-numbers, booleans, NaN and infinities, which would poison lambda or the loss."""
+def check_layer_index(anchor_layer_idx: object) -> None:
+    if anchor_layer_idx is not None and (isinstance(anchor_layer_idx, bool) or not isinstance(anchor_layer_idx, int)):
+        raise CRaFTConfigError("anchor_layer_idx", f"must be an integer or None (got {anchor_layer_idx!r})")
+
+
+def _require_number(field: str, value: object, minimum: float, inclusive: bool = True) -> None:
+    """Reject non-numbers, booleans, NaN and infinities (which would poison lambda or the loss), and values below
+    `minimum`."""
     if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise ValueError(f"{cli_flag(field_name)} must be a finite number (got {value!r})")
+        raise CRaFTConfigError(field, f"must be a finite number (got {value!r})")
+    if value < minimum or (not inclusive and value == minimum):
+        raise CRaFTConfigError(field, f"must be {'>=' if inclusive else '>'} {minimum:g} (got {value})")

@@ -34,8 +34,7 @@ class DualVariable:
 
     @classmethod
     def from_config(cls, config: CRaFTConfig) -> DualVariable:
-        """Build lambda from the validated CRaFT flags."""
-        config.validate()
+        """Build lambda from a CRaFT config (valid by construction)."""
         return cls(
             retention_budget=config.retention_budget,
             dual_lr=config.dual_lr,
@@ -49,15 +48,21 @@ class DualVariable:
         """The current lambda."""
         return self._value
 
-    def update(self, mean_retention_loss: float) -> tuple[float, float]:
-        """One dual-ascent step from the step's mean L_ret; returns (lambda before, lambda after)."""
+    def propose(self, mean_retention_loss: float) -> tuple[float, float]:
+        """(lambda now, lambda after one dual-ascent step from the step's mean L_ret), changing nothing."""
         if not math.isfinite(mean_retention_loss):
             raise ValueError(f"the dual update needs a finite retention loss (got {mean_retention_loss})")
-        before = self._value
+        if not self.enabled:
+            return self._value, self._value
+        return self._value, max(0.0, self._value + self.dual_lr * (mean_retention_loss - self.retention_budget))
+
+    def update(self, mean_retention_loss: float) -> tuple[float, float]:
+        """One dual-ascent step from the step's mean L_ret; returns (lambda before, lambda after)."""
+        before, after = self.propose(mean_retention_loss)
         if self.enabled:
-            self._value = max(0.0, before + self.dual_lr * (mean_retention_loss - self.retention_budget))
+            self._value = after
             self.num_updates += 1
-        return before, self._value
+        return before, after
 
     def state_dict(self) -> dict[str, Any]:
         """Everything needed to resume exactly."""

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
-from craft.config import ANCHOR_TYPES, CR_TOKEN_MODES, check_choice, cli_flag
+from craft.config import ANCHOR_TYPES, CR_TOKEN_MODES, CRaFTConfigError, check_choice, check_layer_index
 
 
 @dataclass(frozen=True)
@@ -38,12 +38,12 @@ def resolve_layer_index(anchor_layer_idx: int | None, num_layers: int) -> int:
         raise ValueError(f"a model needs at least one layer to take anchor features from (got num_layers={num_layers})")
     if anchor_layer_idx is None:
         return num_layers // 2
-    if isinstance(anchor_layer_idx, bool) or not isinstance(anchor_layer_idx, int):
-        raise ValueError(f"{cli_flag('anchor_layer_idx')} must be an integer or None (got {anchor_layer_idx!r})")
+    check_layer_index(anchor_layer_idx)
     if not -(num_layers + 1) <= anchor_layer_idx <= num_layers:
-        raise ValueError(
-            f"{cli_flag('anchor_layer_idx')}={anchor_layer_idx} is out of range for a model with {num_layers} layers "
-            f"(valid: 0..{num_layers} or {-(num_layers + 1)}..-1)"
+        raise CRaFTConfigError(
+            "anchor_layer_idx",
+            f"{anchor_layer_idx} is out of range for a model with {num_layers} layers "
+            f"(valid: 0..{num_layers} or {-(num_layers + 1)}..-1)",
         )
     return anchor_layer_idx if anchor_layer_idx >= 0 else num_layers + 1 + anchor_layer_idx
 

@@ -170,13 +170,15 @@ class GradientAccumulator:
         if len(grads) != self.num_params:
             raise ValueError(f"expected {self.num_params} gradients, got {len(grads)}")
         present = [(i, grad) for i, grad in enumerate(grads) if grad is not None]
-        for i, grad in present:
-            if grad.shape != views[i].shape:
-                raise ValueError(f"gradient {i} has shape {tuple(grad.shape)}, its parameter {tuple(views[i].shape)}")
+        for index, grad in present:
+            if grad.shape != views[index].shape:
+                raise ValueError(
+                    f"gradient {index} has shape {tuple(grad.shape)}, its parameter {tuple(views[index].shape)}"
+                )
         if present:
             torch._foreach_add_([views[i] for i, _ in present], [grad for _, grad in present])
-        for i, _ in present:
-            received[i] = True
+        for index, _ in present:
+            received[index] = True
 
     def _require_accumulating(self) -> None:
         """Adding after finalize would mix averaged and summed values; reset() must come first."""

@@ -58,9 +58,11 @@ def project_conflicting(
         raise ValueError(f"got {len(act_grads)} action gradients but {len(ret_grads)} retention gradients")
     if delta <= 0:
         raise ValueError(f"the projection delta must be > 0 (got {delta})")
-    for i, (act, ret) in enumerate(zip(act_grads, ret_grads, strict=True)):
+    for index, (act, ret) in enumerate(zip(act_grads, ret_grads, strict=True)):
         if act.shape != ret.shape:
-            raise ValueError(f"tensor {i}: action gradient shape {tuple(act.shape)} != retention {tuple(ret.shape)}")
+            raise ValueError(
+                f"tensor {index}: action gradient shape {tuple(act.shape)} != retention {tuple(ret.shape)}"
+            )
     if not act_grads:
         empty = torch.zeros(0)
         zero = torch.zeros((), dtype=torch.int64)

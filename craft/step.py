@@ -7,8 +7,9 @@ Per optimizer step with K micro-batches::
         act_loss = ...                                  # mean over the micro-batch's samples, NOT divided by K
         ret = retention_loss(features, anchor_features) # same: the micro-batch's mean, not divided by K
         step.accumulate(act_loss, ret)
-    stats = step.finish()                               # writes param.grad, updates lambda
-    (optional grad clipping) optimizer.step(); optimizer.zero_grad(set_to_none=True)
+    stats = step.finish()                               # writes param.grad, proposes the dual update
+    (optional grad clipping) optimizer.step(); step.commit()  # lambda moves only with a step actually taken
+    optimizer.zero_grad(set_to_none=True)
 
 Semantics:
 
@@ -22,8 +23,9 @@ Semantics:
   gradients itself (use the bare module or `no_sync()`): `torch.autograd.grad` bypasses DDP's hooks by design.
 - Update: per tensor, g_i = g~_act_i + lambda_before * g_ret_i, where g~_act is projected on conflicting tensors (if
   enabled); tensors with only g_act keep it, tensors with only g_ret get lambda_before * g_ret, tensors with neither
-  get `grad = None`. Then lambda <- max(0, lambda + eta * (mean L_ret - epsilon)) (skipped when every micro-batch
-  was non-finite). `.grad` is overwritten, never added to.
+  get `grad = None`. `.grad` is overwritten, never added to.
+- Dual update: `finish` reports lambda <- max(0, lambda + eta * (mean L_ret - epsilon)) (none when every micro-batch
+  was non-finite) and `commit` applies it; a caller that skips the optimizer step does not commit, so lambda stays.
 - Measure-only (baseline runs): the same diagnostics, but `.grad` = g_act (unprojected) and lambda is untouched.
 
 `finish` synchronises with the host once (one transfer of a small vector of totals); `accumulate` reads the
@@ -61,7 +63,7 @@ class CRaFTStepStats:
     lambda_before: float
     """lambda used in g = g~_act + lambda * g_ret."""
     lambda_after: float
-    """lambda after this step's dual update."""
+    """lambda after this step's dual update (applied by `CRaFTStep.commit`)."""
     conflict_ratio: float
     """Conflicting tensors / tensors with both gradients (0 when none has both)."""
     num_conflicting: int
@@ -72,21 +74,6 @@ class CRaFTStepStats:
     """L2 norm of the averaged g_ret."""
     num_microbatches: int
     """Micro-batches in this step, over all ranks when synced."""
-
-    def to_metrics(self) -> dict[str, float]:
-        """Logging names under the `CRaFT/` prefix."""
-        return {
-            "CRaFT/Retention Loss": self.retention_loss,
-            "CRaFT/Retention NonFinite": self.retention_nonfinite,
-            "CRaFT/Lambda": self.lambda_after,
-            "CRaFT/Lambda Before": self.lambda_before,
-            "CRaFT/Lambda After": self.lambda_after,
-            "CRaFT/Conflict Ratio": self.conflict_ratio,
-            "CRaFT/Num Conflicting": float(self.num_conflicting),
-            "CRaFT/Num Both": float(self.num_both),
-            "CRaFT/Action Grad Norm": self.act_grad_norm,
-            "CRaFT/Retention Grad Norm": self.ret_grad_norm,
-        }
 
 
 class CRaFTStep:
@@ -107,11 +94,12 @@ class CRaFTStep:
         frozen = [i for i, p in enumerate(self.params) if not p.requires_grad]
         if frozen:
             raise ValueError(f"parameters {frozen} do not require grad; pass only the trainable parameters")
-        self.config = config.validate()
+        self.config = config
         self.measure_only = measure_only
         self.process_group = process_group
         self.dual = DualVariable.from_config(config)
         self.num_steps = 0
+        self._proposed_retention: float | None = None  # the mean L_ret of a finished, not yet committed step
         self._accumulator = GradientAccumulator(
             self.params, scalar_names=(_RETENTION_LOSS_SUM, _RETENTION_NONFINITE), dtype=accumulate_dtype
         )
@@ -120,11 +108,6 @@ class CRaFTStep:
     def lambda_value(self) -> float:
         """The lambda the next `finish` will use."""
         return self.dual.value
-
-    @property
-    def pending_microbatches(self) -> int:
-        """Micro-batches accumulated on this rank since the last `finish`."""
-        return self._accumulator.num_microbatches
 
     def accumulate(self, act_loss: torch.Tensor, retention: RetentionResult) -> bool:
         """Add one micro-batch: g_act always, g_ret only if L_ret is finite. Returns whether g_ret was used.
@@ -144,7 +127,7 @@ class CRaFTStep:
         return retention_finite
 
     def finish(self, sync: bool = True) -> CRaFTStepStats:
-        """Average (and all-reduce if `sync` under DDP), project, write `param.grad`, update lambda, reset."""
+        """Average (and all-reduce if `sync` under DDP), project, write `param.grad`, propose the dual update, reset."""
         if self._accumulator.num_microbatches == 0:
             raise RuntimeError("finish() called before any accumulate() in this optimizer step")
         acc = self._accumulator
@@ -172,14 +155,16 @@ class CRaFTStep:
         )
         summary = torch.cat([scalars, totals.has_act.to(acc.dtype), totals.has_ret.to(acc.dtype)]).tolist()
         ret_sum, ret_count, nonfinite, act_count, num_conflicting, num_both, act_norm, ret_norm = summary[:8]
-        n = acc.num_params
-        has_act = [flag > 0 for flag in summary[8 : 8 + n]]
-        has_ret = [flag > 0 for flag in summary[8 + n : 8 + 2 * n]]
+        num_params = acc.num_params
+        has_act = [flag > 0 for flag in summary[8 : 8 + num_params]]
+        has_ret = [flag > 0 for flag in summary[8 + num_params : 8 + 2 * num_params]]
 
         mean_ret = ret_sum / ret_count if ret_count > 0 else math.nan
         lambda_before = lambda_after = self.dual.value
+        self._proposed_retention = None
         if not self.measure_only and math.isfinite(mean_ret):
-            lambda_before, lambda_after = self.dual.update(mean_ret)
+            lambda_before, lambda_after = self.dual.propose(mean_ret)
+            self._proposed_retention = mean_ret
         self._write_grads(has_act, has_ret, lambda_before)
         acc.reset()
         self.num_steps += 1
@@ -195,6 +180,12 @@ class CRaFTStep:
             ret_grad_norm=ret_norm,
             num_microbatches=round(act_count),
         )
+
+    def commit(self) -> None:
+        """Apply the dual update the last `finish` proposed (once its optimizer step was taken)."""
+        if self._proposed_retention is not None:
+            self.dual.update(self._proposed_retention)
+            self._proposed_retention = None
 
     def state_dict(self) -> dict[str, Any]:
         """lambda and the step count; taken between optimizer steps (pending micro-batches cannot be resumed)."""
@@ -218,18 +209,20 @@ class CRaFTStep:
     def _write_grads(self, has_act: list[bool], has_ret: list[bool], lambda_before: float) -> None:
         """param.grad = g~_act + lambda * g_ret (just g_act when measuring only); None where neither exists."""
         acc = self._accumulator
-        for param, act, ret, a, r in zip(self.params, acc.act_grads, acc.ret_grads, has_act, has_ret, strict=True):
-            use_ret = r and not self.measure_only
-            if not a and not use_ret:
+        for param, act, ret, act_present, ret_present in zip(
+            self.params, acc.act_grads, acc.ret_grads, has_act, has_ret, strict=True
+        ):
+            use_ret = ret_present and not self.measure_only
+            if not act_present and not use_ret:
                 param.grad = None
                 continue
             grad = param.grad
             if grad is None or grad.shape != param.shape or grad.dtype != param.dtype or grad.device != param.device:
                 grad = torch.empty_like(param, memory_format=torch.contiguous_format)
                 param.grad = grad
-            if a and use_ret:
+            if act_present and use_ret:
                 torch.add(act, ret, alpha=lambda_before, out=grad)
-            elif a:
+            elif act_present:
                 grad.copy_(act)
             else:
                 torch.mul(ret, lambda_before, out=grad)

@@ -11,8 +11,9 @@
 # Environment knobs (defaults in brackets):
 #   RUN_ROOT [runs]  VLM_PATH [pretrained_models/prism-qwen25-extra-dinosiglip-224px-0_5b]
 #   CONFIG_FILE_PATH [pretrained_models/configs]  DATA_ROOT_DIR [data/libero]
-#   GPUS [all visible GPUs, or "cpu"]  GPUS_PER_RUN [1]  BATCH_SIZE [8]  GRAD_ACCUMULATION_STEPS [1]
-#   LEARNING_RATE [5e-4]  SAVE_FREQ [5000]  USE_WANDB [True]  WANDB_PROJECT [vla-craft]  EXTRA_ARGS [""]
+#   GPUS [all visible GPUs, or "cpu"]  GPUS_PER_RUN [1]  USE_WANDB [True]  WANDB_PROJECT [vla-craft]  EXTRA_ARGS [""]
+#   BATCH_SIZE, GRAD_ACCUMULATION_STEPS, LEARNING_RATE, SAVE_FREQ [finetune.py's defaults; each passed
+#   only when set]
 #   EVAL [libero | offline | none; default libero]  EVAL_TRIALS [50]  EVAL_WORKERS [4]  EVAL_ARGS [""]
 #   DRY_RUN [0; 1 prints the commands only]  SMOKE [0; 1 = tiny assets, synthetic data, a few steps, offline eval;
 #   missing assets are built first, SMOKE_EPISODES_PER_TASK (5) synthetic episodes per task]
@@ -38,10 +39,6 @@ sweep_defaults() {
   : "${CONFIG_FILE_PATH:=pretrained_models/configs}"
   : "${DATA_ROOT_DIR:=data/libero}"
   : "${RUN_ROOT:=runs}"
-  : "${BATCH_SIZE:=8}"
-  : "${GRAD_ACCUMULATION_STEPS:=1}"
-  : "${LEARNING_RATE:=5e-4}"
-  : "${SAVE_FREQ:=5000}"
   : "${USE_WANDB:=True}"
   : "${WANDB_PROJECT:=vla-craft}"
   : "${EXTRA_ARGS:=}"
@@ -55,8 +52,9 @@ sweep_defaults() {
   fi
 }
 
-# The guide's full CRaFT configuration (section 2.2), overridable with CRAFT_ARGS.
-CRAFT_ARGS="${CRAFT_ARGS:---use_craft True --craft_retention_budget 0.1 --craft_dual_lr 0.01 --craft_enable_projection True --craft_enable_dual True --craft_anchor_type concat}"
+# The guide's full CRaFT configuration (section 2.2) is finetune.py's default CRaFT configuration, so only what differs
+# is passed (the run's finetune_config.yaml records every value). Overridable with CRAFT_ARGS.
+CRAFT_ARGS="${CRAFT_ARGS:---use_craft True}"
 
 # method_flags METHOD: the finetune flags of "baseline" (measuring CRaFT diagnostics every 100 steps) or "craft".
 method_flags() {
@@ -112,12 +110,14 @@ _train_command() {
     step="${step%_chkpt}"
     _q "${launch[@]}" --resume True --resume_step "$step" --resum_vla_path "$dir/$latest" --max_steps "$steps"
   else
-    # shellcheck disable=SC2086
+    local optional=()  # finetune.py's defaults unless the sweep sets them
+    [[ -n "${BATCH_SIZE:-}" ]] && optional+=(--batch_size "$BATCH_SIZE")
+    [[ -n "${GRAD_ACCUMULATION_STEPS:-}" ]] && optional+=(--grad_accumulation_steps "$GRAD_ACCUMULATION_STEPS")
+    [[ -n "${LEARNING_RATE:-}" ]] && optional+=(--learning_rate "$LEARNING_RATE")
+    [[ -n "${SAVE_FREQ:-}" ]] && optional+=(--save_freq "$SAVE_FREQ")
     _q "${launch[@]}" --vlm_path "$VLM_PATH" --config_file_path "$CONFIG_FILE_PATH" \
-      --data_root_dir "$DATA_ROOT_DIR" --run_root_dir "$dir" --run_id_override "$name" \
-      --batch_size "$BATCH_SIZE" --grad_accumulation_steps "$GRAD_ACCUMULATION_STEPS" \
-      --learning_rate "$LEARNING_RATE" --max_steps "$steps" --save_freq "$SAVE_FREQ" \
-      --use_wandb "$USE_WANDB" --wandb_project "$WANDB_PROJECT"
+      --data_root_dir "$DATA_ROOT_DIR" --run_root_dir "$dir" --run_id_override "$name" --max_steps "$steps" \
+      "${optional[@]}" --use_wandb "$USE_WANDB" --wandb_project "$WANDB_PROJECT"
     printf '%s %s' "$flags" "$EXTRA_ARGS"
   fi
 }

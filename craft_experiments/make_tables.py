@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from prismatic.training.metrics import read_metrics
 from prismatic.util.cli import cli_entry
 
@@ -70,8 +72,8 @@ def load_runs(root: Path) -> list[Run]:
         run.rows = read_metrics(folder / folder.name / "metrics.jsonl")  # one row per step, even after a resume
         config = folder / folder.name / "finetune_config.yaml"
         if config.is_file():
-            found = re.search(r"^craft_retention_budget:\s*([0-9.eE+-]+)", config.read_text(), re.M)
-            run.budget = float(found.group(1)) if found else None
+            budget = (yaml.safe_load(config.read_text()) or {}).get("craft_retention_budget")
+            run.budget = float(budget) if budget is not None else None
         for results in folder.glob("eval_*/eval_results.json"):
             run.success_rate = json.loads(results.read_text())["total"]["success_rate"]
         if (folder / "offline_eval.json").is_file():
@@ -249,14 +251,14 @@ def plot_curves(runs: list[Run], out_dir: Path, default_budget: float) -> list[P
     for metric, filename, title in panels:
         fig, ax = plt.subplots(figsize=(6, 3.6))
         for label, members in groups.items():
-            for i, run in enumerate(members):
+            for index, run in enumerate(members):
                 points = [(r["step"], r[metric]) for r in run.rows if metric in r and r[metric] is not None]
                 if points:
                     ax.plot(
                         *zip(*points, strict=True),
                         color="tab:blue" if label == "baseline" else "tab:orange",
                         alpha=0.6,
-                        label=METHODS[label] if i == 0 else None,
+                        label=METHODS[label] if index == 0 else None,
                     )
         if metric == "CRaFT/Retention Loss":
             budgets = {r.budget for r in runs if r.budget is not None} or {default_budget}

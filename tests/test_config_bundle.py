@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 from transformers import PreTrainedTokenizerBase
 
-from prismatic.assets.config_bundle import BUNDLE_FILES, bundle_is_complete, write_config_bundle
+from prismatic.assets.config_bundle import bundle_is_complete, write_config_bundle
 from prismatic.assets.qwen_tokenizer_files import qwen25_special_token_ids
 from prismatic.models.presets import FULL, TINY
 from prismatic.models.prompting import QWEN_SYSTEM_PROMPT, build_vla_prompt, robot_question
-from prismatic.models.tokenizer import load_tokenizer
+from prismatic.models.tokenizer import BUNDLE_FILES, load_tokenizer
 
 from conftest import REAL_CONFIG_BUNDLE, require_fixture
 

@@ -67,16 +67,19 @@ def train(shard: int, num_shards: int, micro_batches_per_step: int) -> dict[str,
         micro_batches = zip(
             tokens[rows].chunk(micro_batches_per_step), targets[rows].chunk(micro_batches_per_step), strict=True
         )
-        for x, y in micro_batches:
-            hidden, actions = model(x)
+        for micro_tokens, micro_targets in micro_batches:
+            hidden, actions = model(micro_tokens)
             with torch.no_grad():
-                anchor_features = extract_features(anchor(x)[0], _masks(len(x)), anchor_layer_idx=-2)
-            features = extract_features(hidden, _masks(len(x)), anchor_layer_idx=-2)
-            step.accumulate(F.mse_loss(actions, y), retention_loss(features, anchor_features))
+                anchor_features = extract_features(
+                    anchor(micro_tokens)[0], _masks(len(micro_tokens)), anchor_layer_idx=-2
+                )
+            features = extract_features(hidden, _masks(len(micro_tokens)), anchor_layer_idx=-2)
+            step.accumulate(F.mse_loss(actions, micro_targets), retention_loss(features, anchor_features))
         stats = step.finish()
         grads = [None if p.grad is None else p.grad.clone() for p in model.parameters()]
         records.append({"stats": asdict(stats), "grads": grads})
         optimizer.step()
+        step.commit()
         optimizer.zero_grad(set_to_none=True)
     params = [p.detach().clone() for p in model.parameters()]
     return {"records": records, "params": params, "lambda": step.lambda_value}

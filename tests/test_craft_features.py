@@ -39,8 +39,8 @@ def _masks() -> TokenMasks:
 
     def mask(rows: list[list[int]]) -> torch.Tensor:
         out = torch.zeros(2, SEQ_LEN, dtype=torch.bool)
-        for b, positions in enumerate(rows):
-            out[b, positions] = True
+        for sample, positions in enumerate(rows):
+            out[sample, positions] = True
         return out
 
     return TokenMasks(
@@ -69,8 +69,8 @@ def test_resolve_layer_index(anchor_layer_idx: int | None, num_layers: int, expe
 
 
 @pytest.mark.parametrize("anchor_layer_idx", [5, -6, 100])
-def test_resolve_layer_index_out_of_range_names_the_flag(anchor_layer_idx: int) -> None:
-    with pytest.raises(ValueError, match="craft_anchor_layer_idx"):
+def test_resolve_layer_index_out_of_range_names_the_field(anchor_layer_idx: int) -> None:
+    with pytest.raises(ValueError, match=r"^anchor_layer_idx "):
         resolve_layer_index(anchor_layer_idx, 4)
 
 
@@ -79,9 +79,9 @@ def test_deepest_hidden_state_index() -> None:
     assert deepest_hidden_state_index(4, anchor_type="aq_only", anchor_layer_idx=None) == 4
     assert deepest_hidden_state_index(4, anchor_type="raw_only", anchor_layer_idx=None) == 2
     assert deepest_hidden_state_index(4, anchor_type="raw_only", anchor_layer_idx=-2) == 3
-    with pytest.raises(ValueError, match="craft_anchor_layer_idx"):
+    with pytest.raises(ValueError, match=r"^anchor_layer_idx "):
         deepest_hidden_state_index(4, anchor_type="raw_only", anchor_layer_idx=7)
-    with pytest.raises(ValueError, match="craft_anchor_type"):
+    with pytest.raises(ValueError, match=r"^anchor_type "):
         deepest_hidden_state_index(4, anchor_type="concatenate", anchor_layer_idx=None)
 
 
@@ -129,8 +129,8 @@ def test_masked_mean_pool_of_a_sample_without_tokens_is_zero() -> None:
         masked_mean_pool(hidden, mask[:, :2])
 
 
-def test_unknown_token_mode_names_the_flag() -> None:
-    with pytest.raises(ValueError, match="craft_cr_token_mode"):
+def test_unknown_token_mode_names_the_field() -> None:
+    with pytest.raises(ValueError, match=r"^cr_token_mode "):
         extract_features(_crafted_hidden_states(), _masks(), cr_token_mode="prompt_only")
 
 

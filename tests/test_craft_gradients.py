@@ -18,7 +18,9 @@ def _params() -> list[torch.Tensor]:
 
 
 def test_accumulates_both_sets_separately_and_averages_by_their_own_counts(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(dist, "all_reduce", lambda *a, **k: pytest.fail("no all-reduce outside torch.distributed"))
+    monkeypatch.setattr(
+        dist, "all_reduce", lambda *args, **kwargs: pytest.fail("no all-reduce outside torch.distributed")
+    )
     acc = GradientAccumulator(_params(), scalar_names=("loss",))
     acc.add(
         [torch.tensor([1.0, 2.0]), None, torch.tensor([4.0])],

@@ -27,8 +27,8 @@ def test_hand_computed_projection_and_ratio() -> None:
     result = project_conflicting(act, ret, has_both=has_both, delta=DELTA)
 
     torch.testing.assert_close(result.act_grads[0], _t(0.5, 0.5), rtol=0, atol=1e-8)
-    for i in (1, 2, 3):
-        assert torch.equal(result.act_grads[i], act[i])
+    for index in (1, 2, 3):
+        assert torch.equal(result.act_grads[index], act[index])
     torch.testing.assert_close(result.dots, _t(-1.0, 3.0, 0.0, -1.0), rtol=0, atol=0)
     assert result.conflicting.tolist() == [True, False, False, False]
     assert result.num_conflicting.item() == 1 and result.num_both.item() == 3
@@ -86,15 +86,15 @@ def test_projected_tensors_no_longer_conflict_and_others_are_untouched(pairs: tu
     act, ret, has_both = pairs
     originals = [a.clone() for a in act]
     result = project_conflicting(act, ret, has_both=torch.tensor(has_both), delta=DELTA)
-    for i, (before, after, r) in enumerate(zip(originals, result.act_grads, ret, strict=True)):
-        if not result.conflicting[i]:
+    for index, (before, after, ret_grad) in enumerate(zip(originals, result.act_grads, ret, strict=True)):
+        if not result.conflicting[index]:
             assert torch.equal(after, before)
             continue
-        dot, ret_sq = float(before @ r), float(r @ r)
+        dot, ret_sq = float(before @ ret_grad), float(ret_grad @ ret_grad)
         # Exact arithmetic leaves dot * delta / (||r||^2 + delta) (delta keeps it from being exactly 0); on top,
         # relative rounding, and an absolute floor for products that underflow into subnormals.
-        residual_bound = abs(dot) * DELTA / (ret_sq + DELTA) + 1e-9 * float(before.norm() * r.norm()) + 1e-300
-        assert float(after @ r) >= -residual_bound
+        residual_bound = abs(dot) * DELTA / (ret_sq + DELTA) + 1e-9 * float(before.norm() * ret_grad.norm()) + 1e-300
+        assert float(after @ ret_grad) >= -residual_bound
         assert torch.isfinite(after).all()
 
 

@@ -87,33 +87,33 @@ def _reference_grads(
     has_act, has_ret, finite_count = [False] * len(params), [False] * len(params), 0
     for micro_batch in micro_batches:
         act_loss, retention = _losses(model, anchor, micro_batch, config)
-        for i, g in enumerate(torch.autograd.grad(act_loss, params, retain_graph=True, allow_unused=True)):
-            if g is not None:
-                act[i] += g
-                has_act[i] = True
+        for index, grad in enumerate(torch.autograd.grad(act_loss, params, retain_graph=True, allow_unused=True)):
+            if grad is not None:
+                act[index] += grad
+                has_act[index] = True
         if torch.isfinite(retention.loss):
             finite_count += 1
-            for i, g in enumerate(torch.autograd.grad(retention.loss, params, allow_unused=True)):
-                if g is not None:
-                    ret[i] += g
-                    has_ret[i] = True
+            for index, grad in enumerate(torch.autograd.grad(retention.loss, params, allow_unused=True)):
+                if grad is not None:
+                    ret[index] += grad
+                    has_ret[index] = True
     expected: list[torch.Tensor | None] = []
     for a_sum, r_sum, a_seen, r_seen in zip(act, ret, has_act, has_ret, strict=True):
-        a, r = a_sum / len(micro_batches), r_sum / max(finite_count, 1)
-        dot = float((a * r).sum())
+        act_grad, ret_grad = a_sum / len(micro_batches), r_sum / max(finite_count, 1)
+        dot = float((act_grad * ret_grad).sum())
         if a_seen and r_seen and config.enable_projection and dot < 0:
-            a = a - dot / (float((r * r).sum()) + config.projection_delta) * r
-        expected.append(None if not (a_seen or r_seen) else a + lam * r)
+            act_grad = act_grad - dot / (float((ret_grad * ret_grad).sum()) + config.projection_delta) * ret_grad
+        expected.append(None if not (a_seen or r_seen) else act_grad + lam * ret_grad)
     return expected
 
 
 def _assert_grads(params: Sequence[torch.Tensor], expected: Sequence[torch.Tensor | None]) -> None:
-    for i, (param, want) in enumerate(zip(params, expected, strict=True)):
+    for index, (param, want) in enumerate(zip(params, expected, strict=True)):
         if want is None:
-            assert param.grad is None, f"parameter {i}"
+            assert param.grad is None, f"parameter {index}"
         else:
-            assert param.grad is not None, f"parameter {i}"
-            torch.testing.assert_close(param.grad, want, msg=lambda m, i=i: f"parameter {i}: {m}")
+            assert param.grad is not None, f"parameter {index}"
+            torch.testing.assert_close(param.grad, want, msg=lambda m, index=index: f"parameter {index}: {m}")
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -121,80 +121,91 @@ def _assert_grads(params: Sequence[torch.Tensor], expected: Sequence[torch.Tenso
 
 
 def _hand_params() -> tuple[torch.Tensor, ...]:
-    """a: action only, b: both (conflicting), c: retention only, d: neither."""
-    a = torch.tensor([1.0, -1.0], dtype=torch.float64, requires_grad=True)
-    b = torch.tensor([1.0, 2.0], dtype=torch.float64, requires_grad=True)
-    c = torch.tensor([3.0], dtype=torch.float64, requires_grad=True)
-    d = torch.tensor([7.0], dtype=torch.float64, requires_grad=True)
-    return a, b, c, d
+    """act_only: action only, shared: both (conflicting), ret_only: retention only, unused: neither."""
+    act_only = torch.tensor([1.0, -1.0], dtype=torch.float64, requires_grad=True)
+    shared = torch.tensor([1.0, 2.0], dtype=torch.float64, requires_grad=True)
+    ret_only = torch.tensor([3.0], dtype=torch.float64, requires_grad=True)
+    unused = torch.tensor([7.0], dtype=torch.float64, requires_grad=True)
+    return act_only, shared, ret_only, unused
 
 
-def _hand_losses(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, RetentionResult]:
-    """g_act = (x, y) on (a, b); g_ret = (z, w) on (b, c) with x = [2, 3], y = [1, 0], z = [-1, 1], w = [0.5]."""
-    act_loss = (a * torch.tensor([2.0, 3.0], dtype=torch.float64)).sum() + b[0]
-    ret = (b * torch.tensor([-1.0, 1.0], dtype=torch.float64)).sum() + 0.5 * c.sum()  # value 1 + 1.5 = 2.5
+def _hand_losses(
+    act_only: torch.Tensor, shared: torch.Tensor, ret_only: torch.Tensor
+) -> tuple[torch.Tensor, RetentionResult]:
+    """g_act = (x, y) on (act_only, shared); g_ret = (z, w) on (shared, ret_only) with x = [2, 3], y = [1, 0],
+    z = [-1, 1], w = [0.5]."""
+    act_loss = (act_only * torch.tensor([2.0, 3.0], dtype=torch.float64)).sum() + shared[0]
+    ret = (shared * torch.tensor([-1.0, 1.0], dtype=torch.float64)).sum() + 0.5 * ret_only.sum()  # 1 + 1.5 = 2.5
     return act_loss, RetentionResult(loss=ret, nonfinite=~torch.isfinite(ret.detach()))
 
 
 def test_combination_by_hand_uses_lambda_before_the_update() -> None:
-    a, b, c, d = _hand_params()
-    d.grad = torch.ones(1, dtype=torch.float64)  # stale: must become None
-    a.grad = torch.full((2,), 100.0, dtype=torch.float64)  # stale: must be overwritten, not added to
-    step = CRaFTStep([a, b, c, d], CRaFTConfig(initial_lambda=0.5, dual_lr=1.0, retention_budget=0.1))
-    assert step.accumulate(*_hand_losses(a, b, c)) is True
+    act_only, shared, ret_only, unused = _hand_params()
+    unused.grad = torch.ones(1, dtype=torch.float64)  # stale: must become None
+    act_only.grad = torch.full((2,), 100.0, dtype=torch.float64)  # stale: must be overwritten, not added to
+    step = CRaFTStep(
+        [act_only, shared, ret_only, unused], CRaFTConfig(initial_lambda=0.5, dual_lr=1.0, retention_budget=0.1)
+    )
+    assert step.accumulate(*_hand_losses(act_only, shared, ret_only)) is True
     stats = step.finish()
 
-    # b: <y, z> = -1 < 0, ||z||^2 = 2 -> y' = y + z / 2 = [0.5, 0.5]; g_b = y' + 0.5 * z = [0, 1].
-    torch.testing.assert_close(a.grad, torch.tensor([2.0, 3.0], dtype=torch.float64), rtol=0, atol=0)
-    torch.testing.assert_close(b.grad, torch.tensor([0.0, 1.0], dtype=torch.float64), rtol=0, atol=1e-7)  # fp32 buffers
-    torch.testing.assert_close(c.grad, torch.tensor([0.25], dtype=torch.float64), rtol=0, atol=0)
-    assert d.grad is None
+    # shared: <y, z> = -1 < 0, ||z||^2 = 2 -> y' = y + z / 2 = [0.5, 0.5]; g_shared = y' + 0.5 * z = [0, 1].
+    torch.testing.assert_close(act_only.grad, torch.tensor([2.0, 3.0], dtype=torch.float64), rtol=0, atol=0)
+    # atol: fp32 buffers
+    torch.testing.assert_close(shared.grad, torch.tensor([0.0, 1.0], dtype=torch.float64), rtol=0, atol=1e-7)
+    torch.testing.assert_close(ret_only.grad, torch.tensor([0.25], dtype=torch.float64), rtol=0, atol=0)
+    assert unused.grad is None
     assert (stats.lambda_before, stats.num_conflicting, stats.num_both, stats.conflict_ratio) == (0.5, 1, 1, 1.0)
     assert stats.lambda_after == pytest.approx(0.5 + 1.0 * (2.5 - 0.1))
+    assert step.lambda_value == 0.5  # proposed, not applied until the optimizer step is taken
+    step.commit()
+    assert step.lambda_value == stats.lambda_after
+    step.commit()  # once only
     assert step.lambda_value == stats.lambda_after
     assert stats.retention_loss == 2.5 and stats.retention_nonfinite == 0.0 and stats.num_microbatches == 1
     assert stats.act_grad_norm == pytest.approx(math.sqrt(4 + 9 + 1))
     assert stats.ret_grad_norm == pytest.approx(math.sqrt(1 + 1 + 0.25))
-    metrics = stats.to_metrics()
-    assert metrics["CRaFT/Retention NonFinite"] == 0.0 and metrics["CRaFT/Conflict Ratio"] == 1.0
 
 
 def test_without_projection_the_true_conflict_ratio_is_still_reported() -> None:
-    a, b, c, d = _hand_params()
+    act_only, shared, ret_only, unused = _hand_params()
     config = CRaFTConfig(enable_projection=False, enable_dual=False, fixed_lambda=0.1)
-    step = CRaFTStep([a, b, c, d], config)
-    step.accumulate(*_hand_losses(a, b, c))
+    step = CRaFTStep([act_only, shared, ret_only, unused], config)
+    step.accumulate(*_hand_losses(act_only, shared, ret_only))
     stats = step.finish()
-    torch.testing.assert_close(b.grad, torch.tensor([1.0 - 0.1, 0.1], dtype=torch.float64))
-    torch.testing.assert_close(c.grad, torch.tensor([0.05], dtype=torch.float64))
+    torch.testing.assert_close(shared.grad, torch.tensor([1.0 - 0.1, 0.1], dtype=torch.float64))
+    torch.testing.assert_close(ret_only.grad, torch.tensor([0.05], dtype=torch.float64))
     assert (stats.conflict_ratio, stats.lambda_before, stats.lambda_after) == (1.0, 0.1, 0.1)
 
 
 def test_measure_only_writes_g_act_and_leaves_lambda_alone() -> None:
-    a, b, c, d = _hand_params()
-    step = CRaFTStep([a, b, c, d], CRaFTConfig(initial_lambda=0.5, dual_lr=1.0), measure_only=True)
-    step.accumulate(*_hand_losses(a, b, c))
+    act_only, shared, ret_only, unused = _hand_params()
+    step = CRaFTStep(
+        [act_only, shared, ret_only, unused], CRaFTConfig(initial_lambda=0.5, dual_lr=1.0), measure_only=True
+    )
+    step.accumulate(*_hand_losses(act_only, shared, ret_only))
     stats = step.finish()
-    torch.testing.assert_close(a.grad, torch.tensor([2.0, 3.0], dtype=torch.float64), rtol=0, atol=0)
-    torch.testing.assert_close(b.grad, torch.tensor([1.0, 0.0], dtype=torch.float64), rtol=0, atol=0)
-    assert c.grad is None and d.grad is None
+    torch.testing.assert_close(act_only.grad, torch.tensor([2.0, 3.0], dtype=torch.float64), rtol=0, atol=0)
+    torch.testing.assert_close(shared.grad, torch.tensor([1.0, 0.0], dtype=torch.float64), rtol=0, atol=0)
+    assert ret_only.grad is None and unused.grad is None
+    step.commit()
     assert (stats.lambda_before, stats.lambda_after, step.lambda_value) == (0.5, 0.5, 0.5)
     assert (stats.conflict_ratio, stats.retention_loss) == (1.0, 2.5)
 
 
 def test_step_api_errors() -> None:
-    a, b, c, _ = _hand_params()
-    step = CRaFTStep([a, b, c, a], CRaFTConfig())
-    assert step.params == [a, b, c]
+    act_only, shared, ret_only, _ = _hand_params()
+    step = CRaFTStep([act_only, shared, ret_only, act_only], CRaFTConfig())
+    assert step.params == [act_only, shared, ret_only]
     with pytest.raises(RuntimeError, match="before any accumulate"):
         step.finish()
-    step.accumulate(*_hand_losses(a, b, c))
+    step.accumulate(*_hand_losses(act_only, shared, ret_only))
     with pytest.raises(RuntimeError, match="finish"):
         step.state_dict()
     with pytest.raises(ValueError, match="require grad"):
         CRaFTStep([torch.zeros(2)], CRaFTConfig())
-    with pytest.raises(ValueError, match="craft_retention_budget"):
-        CRaFTStep([a], CRaFTConfig(retention_budget=0.0))
+    with pytest.raises(ValueError, match="retention_budget must be > 0"):
+        CRaFTStep([act_only], CRaFTConfig(retention_budget=0.0))
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -219,6 +230,7 @@ def _train(micro_batches_per_step: int, steps: int) -> tuple[list, ToyPolicy, CR
         history.append(step.finish())
         _assert_grads(list(model.parameters()), expected)
         optimizer.step()
+        step.commit()
         optimizer.zero_grad(set_to_none=True)
     return history, model, step
 
@@ -252,10 +264,11 @@ def _run_with_adamw(steps: range, state: bytes | None) -> tuple[ToyPolicy, CRaFT
         step.load_state_dict(checkpoint["craft"])
     for index in steps:
         tokens, targets = _batch(index)
-        for x, y in zip(tokens.chunk(2), targets.chunk(2), strict=True):
-            step.accumulate(*_losses(model, anchor, (x, y, False), TOY_CONFIG))
+        for micro_tokens, micro_targets in zip(tokens.chunk(2), targets.chunk(2), strict=True):
+            step.accumulate(*_losses(model, anchor, (micro_tokens, micro_targets, False), TOY_CONFIG))
         step.finish()
         optimizer.step()
+        step.commit()
         optimizer.zero_grad(set_to_none=True)
     buffer = io.BytesIO()
     torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "craft": step.state_dict()}, buffer)
@@ -288,7 +301,7 @@ def test_non_finite_retention_is_flagged_and_its_gradient_dropped() -> None:
         assert step.accumulate(act_loss, retention) is (not micro_batch[2])
     stats = step.finish()
 
-    assert stats.retention_nonfinite == 1.0 and stats.to_metrics()["CRaFT/Retention NonFinite"] == 1.0
+    assert stats.retention_nonfinite == 1.0
     mean_finite = sum(finite_losses) / 2
     assert stats.retention_loss == pytest.approx(mean_finite, rel=1e-6)
     assert stats.lambda_after == pytest.approx(0.2 + 5.0 * (mean_finite - 0.01), rel=1e-6)
@@ -307,6 +320,7 @@ def test_a_step_where_every_retention_loss_is_non_finite_keeps_lambda() -> None:
     for micro_batch in micro_batches:
         step.accumulate(*_losses(model, anchor, micro_batch, TOY_CONFIG))
     stats = step.finish()
+    step.commit()
     assert stats.retention_nonfinite == 1.0 and math.isnan(stats.retention_loss)
     assert stats.lambda_before == stats.lambda_after == step.lambda_value == 0.2
     assert stats.num_both == 0 and stats.conflict_ratio == 0.0

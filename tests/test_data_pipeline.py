@@ -9,11 +9,12 @@ import numpy as np
 import pytest
 import torch
 
+from prismatic.models.batch import PaddedCollatorForActionPrediction, RLDSBatchTransform
 from prismatic.models.tokenizer import load_tokenizer
 from prismatic.synthetic.rlds_writer import SyntheticSuiteSpec, write_synthetic_suite
 from prismatic.util.import_safety import import_tensorflow
-from prismatic.vla.constants import IGNORE_INDEX, NormalizationType
-from prismatic.vla.datasets import MIXTURES, PaddedCollatorForActionPrediction, RLDSBatchTransform, RLDSDataset
+from prismatic.vla.constants import NormalizationType
+from prismatic.vla.datasets import MIXTURES, RLDSDataset
 from prismatic.vla.datasets.rlds import episodes as episodes_module
 from prismatic.vla.datasets.rlds.episodes import select_few_shot, train_heldout_split
 from prismatic.vla.datasets.rlds.standardize import libero
@@ -40,9 +41,9 @@ def isolated_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest
     return cache
 
 
-def take(cfg: StreamConfig, n: int) -> list[dict[str, Any]]:
+def take(cfg: StreamConfig, num_samples: int) -> list[dict[str, Any]]:
     stream, _ = build_frame_stream(cfg)
-    return list(stream.take(n).as_numpy_iterator())
+    return list(stream.take(num_samples).as_numpy_iterator())
 
 
 def stream_cfg(root: Path, **kw: Any) -> StreamConfig:
@@ -67,13 +68,15 @@ STATS = {
 
 def test_normalize_round_trip_in_numpy_torch_and_tf() -> None:
     rng = np.random.default_rng(0)
-    x = np.stack([rng.uniform(-0.5, 0.5, 50), rng.uniform(0, 2, 50), rng.uniform(-3, 3, 50)], 1).astype(np.float32)
-    y = normalize(x, STATS)
-    assert np.abs(y[:, :2]).max() <= 1.0
-    np.testing.assert_array_equal(y[:, 2], 0.0)  # min == max -> 0 (the reference's unused-dim rule)
-    np.testing.assert_allclose(unnormalize(y, STATS)[:, :2], x[:, :2], atol=1e-5)
-    torch.testing.assert_close(normalize(torch.from_numpy(x), STATS), torch.from_numpy(y))
-    np.testing.assert_allclose(normalize_tf(tf.constant(x), STATS, NormalizationType.BOUNDS_Q99).numpy(), y, atol=1e-6)
+    raw = np.stack([rng.uniform(-0.5, 0.5, 50), rng.uniform(0, 2, 50), rng.uniform(-3, 3, 50)], 1).astype(np.float32)
+    normalized = normalize(raw, STATS)
+    assert np.abs(normalized[:, :2]).max() <= 1.0
+    np.testing.assert_array_equal(normalized[:, 2], 0.0)  # min == max -> 0 (the reference's unused-dim rule)
+    np.testing.assert_allclose(unnormalize(normalized, STATS)[:, :2], raw[:, :2], atol=1e-5)
+    torch.testing.assert_close(normalize(torch.from_numpy(raw), STATS), torch.from_numpy(normalized))
+    np.testing.assert_allclose(
+        normalize_tf(tf.constant(raw), STATS, NormalizationType.BOUNDS_Q99).numpy(), normalized, atol=1e-6
+    )
     outside = np.array([[2.0, -5.0, 1.0]], np.float32)
     np.testing.assert_array_equal(normalize(outside, STATS)[0, :2], [1.0, -1.0])  # clipped
     unmasked = {**STATS, "min": [-1.0, -1.0, 0.0], "max": [1.0, 3.0, 2.0]}
@@ -109,14 +112,14 @@ def test_augmentation_stays_within_its_bounds() -> None:
     assert max(abs(v - 128) for v in values) <= 52 and max(abs(v - 128) for v in values) > 25
     ramp = tf.cast(tf.tile(tf.range(224)[None, :, None], [224, 1, 3]), tf.uint8)
     lefts = []
-    for s in range(40):
-        out = augment_image(ramp, tf.constant([s, 2])).numpy().astype(np.float32)
+    for seed in range(40):
+        out = augment_image(ramp, tf.constant([seed, 2])).numpy().astype(np.float32)
         lefts.append(out[112, 0].mean())
         assert out.shape == (224, 224, 3)
     # the crop starts within [0, 1 - sqrt(0.9)] of the width (~5.5 px of 224), then colour jitter rescales it
     assert min(lefts) >= 0 and np.std(lefts) > 0
-    a = augment_image(ramp, tf.constant([7, 7])).numpy()
-    np.testing.assert_array_equal(a, augment_image(ramp, tf.constant([7, 7])).numpy())  # stateless: seeded
+    augmented = augment_image(ramp, tf.constant([7, 7])).numpy()
+    np.testing.assert_array_equal(augmented, augment_image(ramp, tf.constant([7, 7])).numpy())  # stateless: seeded
 
 
 def test_center_crop_is_the_central_sqrt_scale_square() -> None:
@@ -135,9 +138,9 @@ def _raw_arrays(root: Path, name: str) -> tuple[np.ndarray, np.ndarray, list[str
     ds = tfds.builder_from_directory(str(root / name / "1.0.0")).as_dataset(split="train", shuffle_files=False)
     actions, proprio, instructions = [], [], []
     for ep in tfds.as_numpy(ds.map(lambda e: e["steps"].batch(10_000).get_single_element())):
-        a = ep["action"].copy()
-        a[:, 6] = 1 - np.clip(a[:, 6], 0, 1)
-        actions.append(a)
+        episode_actions = ep["action"].copy()
+        episode_actions[:, 6] = 1 - np.clip(episode_actions[:, 6], 0, 1)
+        actions.append(episode_actions)
         proprio.append(np.concatenate([ep["observation"]["state"][:, :6], ep["observation"]["state"][:, -2:]], 1))
         instructions.append(ep["language_instruction"][0].decode())
     return np.concatenate(actions), np.concatenate(proprio), instructions
@@ -147,13 +150,13 @@ def test_statistics_equal_a_direct_numpy_computation(data_root: Path) -> None:
     _, info = build_frame_stream(stream_cfg(data_root))
     stats = info.statistics[SPATIAL]
     actions, proprio, instructions = _raw_arrays(data_root, SPATIAL)
-    for key, x in (("action", actions), ("proprio", proprio)):
-        np.testing.assert_allclose(stats[key]["mean"], x.mean(0), rtol=1e-5, atol=1e-6)
-        np.testing.assert_allclose(stats[key]["std"], x.std(0), rtol=1e-4, atol=1e-6)
-        np.testing.assert_allclose(stats[key]["q01"], np.quantile(x, 0.01, axis=0), rtol=1e-5, atol=1e-6)
-        np.testing.assert_allclose(stats[key]["q99"], np.quantile(x, 0.99, axis=0), rtol=1e-5, atol=1e-6)
-        np.testing.assert_allclose(stats[key]["min"], x.min(0))
-        np.testing.assert_allclose(stats[key]["max"], x.max(0))
+    for key, values in (("action", actions), ("proprio", proprio)):
+        np.testing.assert_allclose(stats[key]["mean"], values.mean(0), rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(stats[key]["std"], values.std(0), rtol=1e-4, atol=1e-6)
+        np.testing.assert_allclose(stats[key]["q01"], np.quantile(values, 0.01, axis=0), rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(stats[key]["q99"], np.quantile(values, 0.99, axis=0), rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(stats[key]["min"], values.min(0))
+        np.testing.assert_allclose(stats[key]["max"], values.max(0))
     assert stats["action"]["mask"] == [True] * 6 + [False]
     assert stats["num_transitions"] == len(actions) and stats["num_trajectories"] == len(instructions) == 30
 
@@ -168,17 +171,17 @@ def test_len_is_the_number_of_training_transitions(data_root: Path) -> None:
 
 
 def test_few_shot_is_deterministic_per_seed_and_per_task(data_root: Path) -> None:
-    _, a = build_frame_stream(stream_cfg(data_root, n_shot_episodes=2, seed=1))
-    _, b = build_frame_stream(stream_cfg(data_root, n_shot_episodes=2, seed=1))
-    _, c = build_frame_stream(stream_cfg(data_root, n_shot_episodes=2, seed=2))
-    assert a.selected_episodes == b.selected_episodes != c.selected_episodes
-    tasks = [m["language_instruction"] for m in a.manifest]
+    _, info_seed1 = build_frame_stream(stream_cfg(data_root, n_shot_episodes=2, seed=1))
+    _, info_seed1_again = build_frame_stream(stream_cfg(data_root, n_shot_episodes=2, seed=1))
+    _, info_seed2 = build_frame_stream(stream_cfg(data_root, n_shot_episodes=2, seed=2))
+    assert info_seed1.selected_episodes == info_seed1_again.selected_episodes != info_seed2.selected_episodes
+    tasks = [m["language_instruction"] for m in info_seed1.manifest]
     assert len(tasks) == 20 and all(tasks.count(t) == 2 for t in set(tasks))
     # statistics of the subset only
-    table = a.tables[SPATIAL]
-    actions, _ = table.gather(a.selected_episodes[SPATIAL])
-    np.testing.assert_allclose(a.statistics[SPATIAL]["action"]["mean"], actions.mean(0), rtol=1e-5, atol=1e-6)
-    assert a.statistics[SPATIAL]["num_trajectories"] == 20
+    table = info_seed1.tables[SPATIAL]
+    actions, _ = table.gather(info_seed1.selected_episodes[SPATIAL])
+    np.testing.assert_allclose(info_seed1.statistics[SPATIAL]["action"]["mean"], actions.mean(0), rtol=1e-5, atol=1e-6)
+    assert info_seed1.statistics[SPATIAL]["num_trajectories"] == 20
     with pytest.raises(ValueError, match="--n_shot_episodes 3: task"):
         build_frame_stream(stream_cfg(data_root, n_shot_episodes=3))  # some tasks lost an episode to held-out
     with pytest.raises(ValueError, match="only 1 training"):
@@ -259,7 +262,7 @@ def test_episode_tables_are_cached_by_content(data_root: Path, monkeypatch: pyte
     build_frame_stream(stream_cfg(data_root))
     calls = []
     real_scan = episodes_module._scan
-    monkeypatch.setattr(episodes_module, "_scan", lambda *a: calls.append(1) or real_scan(*a))
+    monkeypatch.setattr(episodes_module, "_scan", lambda *args: calls.append(1) or real_scan(*args))
     build_frame_stream(stream_cfg(data_root))
     assert calls == []  # served from the cache
     build_frame_stream(stream_cfg(data_root, use_cache=False))
@@ -281,12 +284,13 @@ def test_batch_transform_and_collator(data_root: Path, tiny_assets: tuple[Path, 
     )
     samples = [s for _, s in zip(range(6), dataset, strict=False)]
     batch = PaddedCollatorForActionPrediction(tokenizer.pad_token_id)(samples)
-    b = len(samples)
-    assert batch["pixel_values"].shape == (b, 12, 224, 224) and batch["pixel_values"].dtype == torch.float32
-    assert batch["actions"].shape == (b, 8, 7) and batch["proprio"].shape == (b, 8)
-    assert batch["input_ids"].shape == batch["attention_mask"].shape == batch["labels"].shape
-    assert torch.all((batch["labels"] != IGNORE_INDEX).sum(1) == 64)
-    for row in range(b):
-        n = int(batch["attention_mask"][row].sum())
-        assert torch.all(batch["labels"][row, n - 64 : n] != IGNORE_INDEX)  # queries are the last real tokens
-    assert float(batch["pixel_values"].min()) > -3 and float(batch["pixel_values"].max()) < 3
+    size = len(samples)
+    assert len(batch) == size
+    assert batch.pixel_values.shape == (size, 12, 224, 224) and batch.pixel_values.dtype == torch.float32
+    assert batch.actions.shape == (size, 8, 7) and batch.proprio.shape == (size, 8)
+    assert batch.input_ids.shape == batch.attention_mask.shape == batch.query_mask.shape
+    assert batch.query_mask.dtype == torch.bool and torch.all(batch.query_mask.sum(1) == 64)
+    for row in range(size):
+        length = int(batch.attention_mask[row].sum())
+        assert torch.all(batch.query_mask[row, length - 64 : length])  # queries are the last real tokens
+    assert float(batch.pixel_values.min()) > -3 and float(batch.pixel_values.max()) < 3

@@ -145,13 +145,13 @@ def flip_length_byte(path: Path) -> None:
 
 
 def append_garbage(path: Path) -> None:
-    with path.open("ab") as f:
-        f.write(b"\x00not a tfrecord record\x00")
+    with path.open("ab") as handle:
+        handle.write(b"\x00not a tfrecord record\x00")
 
 
 def append_short_garbage(path: Path) -> None:
-    with path.open("ab") as f:
-        f.write(b"\n\n\n")
+    with path.open("ab") as handle:
+        handle.write(b"\n\n\n")
 
 
 def keep_first_record(path: Path) -> None:

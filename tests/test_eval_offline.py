@@ -28,16 +28,16 @@ pytestmark = pytest.mark.usefixtures("shared_episode_cache")
 
 def test_linear_cka_properties() -> None:
     rng = np.random.default_rng(0)
-    x = rng.normal(size=(200, 16))
-    assert linear_cka(x, x) == pytest.approx(1.0)
+    features = rng.normal(size=(200, 16))
+    assert linear_cka(features, features) == pytest.approx(1.0)
     rotation, _ = np.linalg.qr(rng.normal(size=(16, 16)))
-    assert linear_cka(x, 3.0 * x @ rotation) == pytest.approx(1.0)  # invariant to rotation and scale
-    assert linear_cka(x, rng.normal(size=(200, 16))) < 0.3  # unrelated features
-    assert 0.3 < linear_cka(x, x + rng.normal(size=(200, 16))) < 0.9
+    assert linear_cka(features, 3.0 * features @ rotation) == pytest.approx(1.0)  # invariant to rotation and scale
+    assert linear_cka(features, rng.normal(size=(200, 16))) < 0.3  # unrelated features
+    assert 0.3 < linear_cka(features, features + rng.normal(size=(200, 16))) < 0.9
     constant = np.zeros((200, 16))
-    assert linear_cka(constant, constant) == 1.0 and linear_cka(x, constant) == 0.0
+    assert linear_cka(constant, constant) == 1.0 and linear_cka(features, constant) == 0.0
     with pytest.raises(ValueError, match="same n"):
-        linear_cka(x, x[:10])
+        linear_cka(features, features[:10])
 
 
 def test_untrained_model_has_no_drift(tiny_assets: tuple[Path, Path], tiny_libero: Path) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import os
@@ -16,6 +17,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from craft import CRaFTConfig
 from prismatic.models.loaders import load_policy
 from prismatic.training import checkpointing, metrics
 from prismatic.training.config import FinetuneConfig, parse_finetune_config
@@ -139,10 +141,10 @@ def test_resume_continues_exactly(tmp_path: Path, tiny_assets: tuple[Path, Path]
     assert [r[metrics.LR] for r in rows_a] == pytest.approx([1e-4, 4e-4, 7e-4, 1e-4])
     # Another run root with the step-2 checkpoint and the logs of all 4 steps (a crash after step 4 was logged but
     # before its checkpoint was complete), resumed through the CLI.
-    b = tmp_path / "b"
-    shutil.copytree(tmp_path / "a" / "tiny", b / "tiny")
-    (b / "tiny" / checkpointing.LATEST_POINTER).write_text("tiny--2_chkpt\n")
-    shutil.copytree(tmp_path / "a" / "tiny--2_chkpt", b / "tiny--2_chkpt")
+    resumed_root = tmp_path / "b"
+    shutil.copytree(tmp_path / "a" / "tiny", resumed_root / "tiny")
+    (resumed_root / "tiny" / checkpointing.LATEST_POINTER).write_text("tiny--2_chkpt\n")
+    shutil.copytree(tmp_path / "a" / "tiny--2_chkpt", resumed_root / "tiny--2_chkpt")
     proc = run_python(
         [
             str(REPO_ROOT / "vla-scripts" / "finetune.py"),
@@ -151,22 +153,22 @@ def test_resume_continues_exactly(tmp_path: Path, tiny_assets: tuple[Path, Path]
             "--resume_step",
             "2",
             "--resum_vla_path",
-            str(b / "tiny--2_chkpt"),
+            str(resumed_root / "tiny--2_chkpt"),
         ],
         env={episodes_module.CACHE_ENV: os.environ[episodes_module.CACHE_ENV]},
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    rows_b = read_metrics(b / "tiny")
+    rows_b = read_metrics(resumed_root / "tiny")
     assert [r["step"] for r in rows_b] == [1, 2, 3, 4]  # each step once
     for ra, rb in zip(rows_a, rows_b, strict=True):
         for key in (metrics.LOSS, metrics.RET, metrics.LAMBDA_AFTER, metrics.GRAD_NORM, metrics.LR):
             assert ra[key] == pytest.approx(rb[key], abs=1e-6, rel=1e-6), (ra["step"], key)
-    state_a, state_b = trained_state(tmp_path / "a" / "tiny--4_chkpt"), trained_state(b / "tiny--4_chkpt")
+    state_a, state_b = trained_state(tmp_path / "a" / "tiny--4_chkpt"), trained_state(resumed_root / "tiny--4_chkpt")
     assert state_a.keys() == state_b.keys()
     assert any(k.startswith("proprio_projector/") for k in state_a) and any("exp_avg_sq" in k for k in state_a)
     for key in state_a:
         torch.testing.assert_close(state_a[key], state_b[key], atol=1e-6, rtol=1e-6, msg=key)
-    info = checkpointing.inspect_checkpoint(b / "tiny--4_chkpt")
+    info = checkpointing.inspect_checkpoint(resumed_root / "tiny--4_chkpt")
     assert info.step == 4 and info.state["data"]["samples_per_process"] == 4 * 2 * 2
     assert info.state["craft"]["dual"]["lambda"] == pytest.approx(rows_a[-1][metrics.LAMBDA_AFTER])
 
@@ -382,6 +384,24 @@ def test_bad_inputs_fail_early_with_the_flag(tmp_path: Path, tiny_assets: tuple[
     # through the command line: one line, exit status 2, before any model is built
     proc = run_python([str(REPO_ROOT / "vla-scripts" / "finetune.py"), *cli({**base, "use_diffusion": True})])
     assert proc.returncode == 2 and "error: --use_diffusion True is not supported" in proc.stderr
+
+
+def test_craft_flags_are_the_fields_of_craft_config() -> None:
+    """One source: every CRaFTConfig field is a `--craft_<field>` flag with the same type and default."""
+    craft_fields = {field.name: field for field in dataclasses.fields(CRaFTConfig)}
+    flags = {
+        field.name.removeprefix("craft_"): field
+        for field in dataclasses.fields(FinetuneConfig)
+        if field.name.startswith("craft_") and field.name != "craft_measure_freq"
+    }
+    assert flags.keys() == craft_fields.keys()
+    for name, field in craft_fields.items():
+        assert (flags[name].type, flags[name].default) == (field.type, field.default), name
+    assert FinetuneConfig(craft_dual_lr=0.5, craft_anchor_layer_idx=-2).craft_config() == CRaFTConfig(
+        dual_lr=0.5, anchor_layer_idx=-2
+    )
+    with pytest.raises(ValueError, match=r"^--craft_dual_lr must be >= 0 \(got -1.0\)$"):
+        FinetuneConfig(craft_dual_lr=-1.0).craft_config()
 
 
 def test_resume_mismatches_are_clear_errors(tmp_path: Path, tiny_assets: tuple[Path, Path], tiny_libero: Path) -> None:

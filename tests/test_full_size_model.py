@@ -11,11 +11,12 @@ import pytest
 import torch
 
 from prismatic.assets.config_bundle import write_config_bundle
+from prismatic.models.batch import policy_batch
 from prismatic.models.image_processing import PrismaticImageProcessor
 from prismatic.models.lora import LoRASettings, apply_lora
 from prismatic.models.policy import VLAAdapterPolicy
 from prismatic.models.presets import FULL, preset_from_openvla_config
-from prismatic.models.prompting import pad_prompts, vla_prompt_ids
+from prismatic.models.prompting import vla_prompt_ids
 from prismatic.models.tokenizer import load_tokenizer
 from prismatic.models.vlm import PrismaticVLM
 from prismatic.vla.constants import LIBERO_CONSTANTS
@@ -46,12 +47,17 @@ def test_full_size_forward_backward_with_lora(tmp_path: Path) -> None:
     start = time.perf_counter()
     policy = VLAAdapterPolicy(apply_lora(PrismaticVLM(preset, num_images=2), LoRASettings(rank=64)), LIBERO_CONSTANTS)
     tokenizer = load_tokenizer(bundle)
-    batch = pad_prompts([vla_prompt_ids(tokenizer, instruction)], tokenizer.pad_token_id)
-    if instruction == "pick up the black bowl between the plate and the ramekin and place it on the plate":
-        assert batch["input_ids"].shape[1] == 56 + 64  # the reference prompt + 64 action queries
     pixel_values = PrismaticImageProcessor()(images).unsqueeze(0)
+    batch = policy_batch(
+        [vla_prompt_ids(tokenizer, instruction)],
+        tokenizer.pad_token_id,
+        pixel_values,
+        proprio=torch.from_numpy(state)[None],
+    )
+    if instruction == "pick up the black bowl between the plate and the ramekin and place it on the plate":
+        assert batch.input_ids.shape[1] == 56 + 64  # the reference prompt + 64 action queries
     built = time.perf_counter()
-    out = policy(pixel_values=pixel_values, proprio=torch.from_numpy(state)[None], **batch)
+    out = policy(batch)
     target = torch.zeros_like(out.actions)
     loss = torch.nn.functional.l1_loss(out.actions, target)
     loss.backward()
@@ -59,7 +65,7 @@ def test_full_size_forward_backward_with_lora(tmp_path: Path) -> None:
 
     assert out.actions.shape == (1, 8, 7)
     assert len(out.vlm.hidden_states) == 25
-    assert out.vlm.hidden_states[-1].shape == (1, 1 + 512 + batch["input_ids"].shape[1] - 1, 896)
+    assert out.vlm.hidden_states[-1].shape == (1, 1 + 512 + batch.input_ids.shape[1] - 1, 896)
     assert torch.isfinite(loss)
     lora_b = [p for n, p in policy.named_parameters() if "lora_B" in n]
     assert lora_b and all(p.grad is not None and torch.isfinite(p.grad).all() for p in lora_b)

@@ -8,9 +8,11 @@ import numpy as np
 import pytest
 import torch
 
+from prismatic.models.batch import policy_batch
 from prismatic.models.inference import ActionPredictor, select_statistics
 from prismatic.models.loaders import load_prismatic_vlm
 from prismatic.models.policy import VLAAdapterPolicy
+from prismatic.models.prompting import vla_prompt_ids
 from prismatic.models.tokenizer import load_tokenizer
 from prismatic.vla.constants import LIBERO_CONSTANTS
 
@@ -31,15 +33,15 @@ def predictor(tiny_assets: tuple[Path, Path]) -> ActionPredictor:
     return ActionPredictor(policy, load_tokenizer(tiny_assets[1]), STATS)
 
 
-def _inputs(n: int) -> tuple[list[list[np.ndarray]], list[str], np.ndarray]:
+def _inputs(num_samples: int) -> tuple[list[list[np.ndarray]], list[str], np.ndarray]:
     rng = np.random.default_rng(0)
-    images = [[rng.integers(0, 255, (224, 224, 3), dtype=np.uint8) for _ in range(2)] for _ in range(n)]
+    images = [[rng.integers(0, 255, (224, 224, 3), dtype=np.uint8) for _ in range(2)] for _ in range(num_samples)]
     texts = [
         "pick up the black bowl next to the ramekin and place it on the plate",
         "turn on the stove",
         "put both the alphabet soup and the tomato sauce in the basket",
-    ][:n]
-    return images, texts, rng.uniform(-1, 1, (n, 8)).astype(np.float32)
+    ][:num_samples]
+    return images, texts, rng.uniform(-1, 1, (num_samples, 8)).astype(np.float32)
 
 
 def test_batch_equals_one_by_one(predictor: ActionPredictor) -> None:
@@ -56,20 +58,16 @@ def test_batch_equals_one_by_one(predictor: ActionPredictor) -> None:
 def test_actions_are_unnormalised_with_the_statistics(predictor: ActionPredictor) -> None:
     images, texts, proprio = _inputs(2)
     with torch.no_grad():
-        normalised = predictor.policy(
-            pixel_values=torch.stack([predictor.processor(v) for v in images]),
-            **_prompt(predictor, texts),
+        batch = policy_batch(
+            [vla_prompt_ids(predictor.tokenizer, t) for t in texts],
+            predictor.tokenizer.pad_token_id,
+            torch.stack([predictor.processor(v) for v in images]),
             proprio=torch.from_numpy(proprio),
-        ).actions.numpy()
+        )
+        normalised = predictor.policy(batch).actions.numpy()
     raw = predictor.predict(images, texts, proprio)
     np.testing.assert_allclose(raw[..., :6], 0.5 * (normalised[..., :6] + 1) * (1.8 + 1e-8) - 0.9, rtol=1e-5)
     np.testing.assert_allclose(raw[..., 6], normalised[..., 6], rtol=1e-5)  # gripper is not normalised
-
-
-def _prompt(predictor: ActionPredictor, texts: list[str]) -> dict[str, torch.Tensor]:
-    from prismatic.models.prompting import pad_prompts, vla_prompt_ids
-
-    return pad_prompts([vla_prompt_ids(predictor.tokenizer, t) for t in texts], predictor.tokenizer.pad_token_id)
 
 
 def test_bad_inputs_are_rejected(predictor: ActionPredictor) -> None:

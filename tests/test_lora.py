@@ -5,24 +5,22 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from prismatic.models.batch import PolicyBatch, policy_batch
 from prismatic.models.lora import LoRASettings, apply_lora, lora_target_modules
 from prismatic.models.policy import VLAAdapterPolicy
 from prismatic.models.presets import TINY
 from prismatic.models.vlm import PrismaticVLM
-from prismatic.vla.constants import ACTION_QUERY_TOKEN_ID, IGNORE_INDEX, LIBERO_CONSTANTS
+from prismatic.vla.constants import ACTION_QUERY_TOKEN_ID, LIBERO_CONSTANTS
 
 
-def _batch() -> dict[str, torch.Tensor]:
-    g = torch.Generator().manual_seed(0)
-    ids = torch.tensor([[3, 4, 5] + [ACTION_QUERY_TOKEN_ID] * 64, [3, 9, 9] + [ACTION_QUERY_TOKEN_ID] * 64])
-    labels = torch.where(ids == ACTION_QUERY_TOKEN_ID, ids, torch.full_like(ids, IGNORE_INDEX))
-    return {
-        "pixel_values": torch.randn(2, 6, 224, 224, generator=g),
-        "input_ids": ids,
-        "attention_mask": torch.ones_like(ids),
-        "labels": labels,
-        "proprio": torch.randn(2, 8, generator=g),
-    }
+def _batch() -> PolicyBatch:
+    generator = torch.Generator().manual_seed(0)
+    return policy_batch(
+        [[3, 4, 5] + [ACTION_QUERY_TOKEN_ID] * 64, [3, 9, 9] + [ACTION_QUERY_TOKEN_ID] * 64],
+        0,
+        torch.randn(2, 6, 224, 224, generator=generator),
+        proprio=torch.randn(2, 8, generator=generator),
+    )
 
 
 def test_target_list_is_explicit_and_excludes_unused_layers() -> None:
@@ -58,30 +56,26 @@ def test_disabling_adapters_gives_the_base_model_exactly() -> None:
     base = PrismaticVLM(TINY, num_images=1).eval()
     reference = VLAAdapterPolicy(base, LIBERO_CONSTANTS).eval()
     with torch.no_grad():
-        expected = reference.vlm(
-            **{k: v for k, v in _batch().items() if k not in ("labels", "proprio")},
-            query_mask=_batch()["labels"] != IGNORE_INDEX,
-        ).hidden_states
+        expected = reference.vlm(**_batch().vlm_inputs()).hidden_states
     lora = apply_lora(base, LoRASettings(rank=4))
     with torch.no_grad():  # "train": every adapter and the action queries move away from their start
-        for p in lora.parameters():
-            if p.requires_grad:
-                p.add_(torch.randn_like(p) * 0.05)
-    inputs = {k: v for k, v in _batch().items() if k not in ("labels", "proprio")}
-    mask = _batch()["labels"] != IGNORE_INDEX
+        for param in lora.parameters():
+            if param.requires_grad:
+                param.add_(torch.randn_like(param) * 0.05)
+    inputs = _batch().vlm_inputs()
     with torch.no_grad():
-        adapted = lora(**inputs, query_mask=mask).hidden_states
+        adapted = lora(**inputs).hidden_states
         with lora.disable_adapter():
-            disabled = lora(**inputs, query_mask=mask).hidden_states
+            disabled = lora(**inputs).hidden_states
     assert not torch.allclose(adapted[-1], expected[-1])
-    for a, b in zip(disabled, expected, strict=True):
-        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    for disabled_hidden, expected_hidden in zip(disabled, expected, strict=True):
+        torch.testing.assert_close(disabled_hidden, expected_hidden, rtol=0, atol=0)
 
 
 def test_every_trainable_parameter_gets_a_gradient() -> None:
     """DDP needs no `find_unused_parameters`: nothing trainable is left out of the graph."""
     torch.manual_seed(0)
     policy = VLAAdapterPolicy(apply_lora(PrismaticVLM(TINY), LoRASettings(rank=4)), LIBERO_CONSTANTS).train()
-    policy(**_batch()).actions.abs().mean().backward()
+    policy(_batch()).actions.abs().mean().backward()
     missing = [n for n, p in policy.named_parameters() if p.requires_grad and p.grad is None]
     assert missing == []

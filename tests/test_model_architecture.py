@@ -16,12 +16,13 @@ from prismatic.models.action_head import (
     rope_cos_sin,
     rotate_interleaved,
 )
+from prismatic.models.batch import policy_batch
 from prismatic.models.image_processing import PrismaticImageProcessor
 from prismatic.models.policy import VLAAdapterPolicy
 from prismatic.models.presets import FULL, TINY, preset_from_openvla_config
 from prismatic.models.vision import create_featurizer
 from prismatic.models.vlm import PrismaticVLM, VLMOutput, action_head_features
-from prismatic.vla.constants import ACTION_QUERY_TOKEN_ID, IGNORE_INDEX, LIBERO_CONSTANTS, NUM_ACTION_QUERIES
+from prismatic.vla.constants import ACTION_QUERY_TOKEN_ID, LIBERO_CONSTANTS, NUM_ACTION_QUERIES
 
 from conftest import REAL_CONFIG_BUNDLE, require_fixture
 
@@ -50,15 +51,15 @@ def test_real_config_json_describes_the_full_preset() -> None:
 def test_vision_features_are_the_second_to_last_block_without_prefix_tokens() -> None:
     torch.manual_seed(0)
     vit = create_featurizer(TINY.dino).eval()
-    x = torch.randn(2, 3, 224, 224)
+    images = torch.randn(2, 3, 224, 224)
     with torch.no_grad():
-        manual = vit.norm_pre(vit._pos_embed(vit.patch_embed(x)))
+        manual = vit.norm_pre(vit._pos_embed(vit.patch_embed(images)))
         for block in vit.blocks[:-1]:
             manual = block(manual)
         manual = manual[:, vit.num_prefix_tokens :]
         vlm = PrismaticVLM(TINY).eval()
         vlm.vision_backbone.featurizer.load_state_dict(vit.state_dict())
-        fused = vlm.vision_backbone(torch.cat([x, x], dim=1))
+        fused = vlm.vision_backbone(torch.cat([images, images], dim=1))
     assert vit.num_prefix_tokens == 5  # CLS + 4 registers dropped
     assert fused.shape == (2, 256, TINY.vision_dim)
     torch.testing.assert_close(fused[..., : TINY.dino.embed_dim], manual)
@@ -69,11 +70,11 @@ def test_vision_features_are_the_second_to_last_block_without_prefix_tokens() ->
 def test_two_images_are_concatenated_on_the_token_axis() -> None:
     torch.manual_seed(0)
     vlm = PrismaticVLM(TINY, num_images=2).eval()
-    a, b = torch.randn(1, 6, 224, 224), torch.randn(1, 6, 224, 224)
+    first_image, second_image = torch.randn(1, 6, 224, 224), torch.randn(1, 6, 224, 224)
     with torch.no_grad():
-        both = vlm.vision_backbone(torch.cat([a, b], dim=1))
+        both = vlm.vision_backbone(torch.cat([first_image, second_image], dim=1))
         vlm.set_num_images(1)
-        single = torch.cat([vlm.vision_backbone(a), vlm.vision_backbone(b)], dim=1)
+        single = torch.cat([vlm.vision_backbone(first_image), vlm.vision_backbone(second_image)], dim=1)
     assert both.shape == (1, 512, TINY.vision_dim)
     torch.testing.assert_close(both, single)
     with pytest.raises(ValueError, match="num_images_in_input"):
@@ -86,9 +87,11 @@ def test_image_processor_uses_the_exact_normalisation() -> None:
     px = PrismaticImageProcessor()(image)
     assert px.shape == (6, 224, 224)
     dino_mean, dino_std = (0.484375, 0.455078125, 0.40625), (0.228515625, 0.2236328125, 0.224609375)
-    for c, value in enumerate((0, 128, 255)):
-        assert px[c, 0, 0].item() == pytest.approx((value / 255 - dino_mean[c]) / dino_std[c], abs=1e-5)
-        assert px[3 + c, 0, 0].item() == pytest.approx((value / 255 - 0.5) / 0.5, abs=1e-5)
+    for channel, value in enumerate((0, 128, 255)):
+        assert px[channel, 0, 0].item() == pytest.approx(
+            (value / 255 - dino_mean[channel]) / dino_std[channel], abs=1e-5
+        )
+        assert px[3 + channel, 0, 0].item() == pytest.approx((value / 255 - 0.5) / 0.5, abs=1e-5)
     big = np.full((256, 256, 3), 77, dtype=np.uint8)
     assert PrismaticImageProcessor()([big, big]).shape == (12, 224, 224)  # resized, two images
 
@@ -117,23 +120,30 @@ def test_sequence_assembly_places_patches_and_action_queries() -> None:
 
 
 def test_head_features_keep_the_raw_slice_and_shifted_queries() -> None:
-    b, layers, p, prompt = 2, 3, 8, 5
-    seq_len = 1 + p + (prompt - 1) + NUM_ACTION_QUERIES
+    batch_size, layers, num_patches, prompt = 2, 3, 8, 5
+    seq_len = 1 + num_patches + (prompt - 1) + NUM_ACTION_QUERIES
     # hidden state value = 1000 * layer + position, so gathered values reveal which positions were taken
     hs = tuple(
-        (1000.0 * layer + torch.arange(seq_len).float()).view(1, seq_len, 1).expand(b, seq_len, 4)
+        (1000.0 * layer + torch.arange(seq_len).float()).view(1, seq_len, 1).expand(batch_size, seq_len, 4)
         for layer in range(layers)
     )
-    positions = torch.arange(prompt, prompt + NUM_ACTION_QUERIES).expand(b, -1)
-    out = VLMOutput(hs, p, positions, torch.ones(b, seq_len), torch.zeros(b, seq_len, dtype=torch.bool))
+    positions = torch.arange(prompt, prompt + NUM_ACTION_QUERIES).expand(batch_size, -1)
+    out = VLMOutput(
+        hs,
+        num_patches,
+        positions,
+        torch.ones(batch_size, seq_len),
+        torch.zeros(batch_size, seq_len, dtype=torch.bool),
+    )
     feats = action_head_features(out)
-    assert feats.shape == (b, layers, p + NUM_ACTION_QUERIES, 4)
+    assert feats.shape == (batch_size, layers, num_patches + NUM_ACTION_QUERIES, 4)
     for layer in range(layers):
-        raw = feats[0, layer, :p, 0] - 1000 * layer
-        torch.testing.assert_close(raw, torch.arange(p).float())  # first prompt token + all but the last patch
-        aq = feats[0, layer, p:, 0] - 1000 * layer
-        # query k sits at multimodal position p + prompt + k; the head reads one position earlier
-        torch.testing.assert_close(aq, torch.arange(NUM_ACTION_QUERIES).float() + p + prompt - 1)
+        raw = feats[0, layer, :num_patches, 0] - 1000 * layer
+        # first prompt token + all but the last patch
+        torch.testing.assert_close(raw, torch.arange(num_patches).float())
+        aq = feats[0, layer, num_patches:, 0] - 1000 * layer
+        # query k sits at multimodal position num_patches + prompt + k; the head reads one position earlier
+        torch.testing.assert_close(aq, torch.arange(NUM_ACTION_QUERIES).float() + num_patches + prompt - 1)
 
 
 def test_vocabulary_logits_are_never_computed(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -144,30 +154,31 @@ def test_vocabulary_logits_are_never_computed(monkeypatch: pytest.MonkeyPatch) -
         raise AssertionError("lm_head was called")
 
     monkeypatch.setattr(policy.base_vlm.language_model.lm_head, "forward", forbidden)
-    ids = torch.tensor([[1, 2, 3] + [ACTION_QUERY_TOKEN_ID] * 64])
-    labels = torch.where(ids == ACTION_QUERY_TOKEN_ID, ids, torch.full_like(ids, IGNORE_INDEX))
-    out = policy(torch.randn(1, 6, 224, 224), ids, torch.ones_like(ids), labels, torch.randn(1, 8))
+    batch = policy_batch(
+        [[1, 2, 3] + [ACTION_QUERY_TOKEN_ID] * 64], 0, torch.randn(1, 6, 224, 224), proprio=torch.randn(1, 8)
+    )
+    out = policy(batch)
     assert out.actions.shape == (1, 8, 7)
     assert len(out.vlm.hidden_states) == TINY.llm.num_hidden_layers + 1
 
 
-def _reference_bridge_attention(block: BridgeAttentionBlock, x, h_a, h_t, p):
+def _reference_bridge_attention(block: BridgeAttentionBlock, hidden, h_a, h_t, proprio):
     """Naive per-head loop of the original block's math (one softmax, task logits scaled before it)."""
     heads, hd = block.num_heads, block.head_dim
-    adapter = torch.cat([h_a, p], dim=1)
-    q = block.q_proj(x)
+    adapter = torch.cat([h_a, proprio], dim=1)
+    queries = block.q_proj(hidden)
     outs = []
-    for h in range(heads):
-        sl = slice(h * hd, (h + 1) * hd)
+    for head in range(heads):
+        sl = slice(head * hd, (head + 1) * hd)
         logits, values = [], []
-        for i, src in enumerate((x, adapter, h_t)):
-            k, v = block.k_proj(src)[..., sl], block.v_proj(src)[..., sl]
-            scale = math.tanh(block.gating_factor.item()) if i == 2 else 1.0
-            logits.append(q[..., sl] @ k.transpose(-2, -1) * scale)
-            values.append(v)
-        w = torch.softmax(torch.cat(logits, -1) / math.sqrt(hd), -1)
-        outs.append(w @ torch.cat(values, 1))
-    return block.ffn(block.o_proj(torch.cat(outs, -1)) + x)
+        for source_index, src in enumerate((hidden, adapter, h_t)):
+            keys, source_values = block.k_proj(src)[..., sl], block.v_proj(src)[..., sl]
+            scale = math.tanh(block.gating_factor.item()) if source_index == 2 else 1.0
+            logits.append(queries[..., sl] @ keys.transpose(-2, -1) * scale)
+            values.append(source_values)
+        weights = torch.softmax(torch.cat(logits, -1) / math.sqrt(hd), -1)
+        outs.append(weights @ torch.cat(values, 1))
+    return block.ffn(block.o_proj(torch.cat(outs, -1)) + hidden)
 
 
 def test_original_block_matches_a_naive_reference() -> None:
@@ -175,13 +186,16 @@ def test_original_block_matches_a_naive_reference() -> None:
     block = BridgeAttentionBlock(32)
     with torch.no_grad():
         block.gating_factor.fill_(0.7)
-    x, h_a, h_t, p = torch.randn(2, 8, 32), torch.randn(2, 64, 32), torch.randn(2, 20, 32), torch.randn(2, 1, 32)
-    torch.testing.assert_close(block(x, h_a=h_a, h_t=h_t, p=p), _reference_bridge_attention(block, x, h_a, h_t, p))
+    hidden, h_a, h_t = torch.randn(2, 8, 32), torch.randn(2, 64, 32), torch.randn(2, 20, 32)
+    proprio = torch.randn(2, 1, 32)
+    torch.testing.assert_close(
+        block(hidden, h_a=h_a, h_t=h_t, proprio=proprio), _reference_bridge_attention(block, hidden, h_a, h_t, proprio)
+    )
 
 
 def test_pro_block_rope_keeps_the_interleaved_pairing() -> None:
-    x = torch.arange(8.0).view(1, 1, 1, 8)
-    torch.testing.assert_close(rotate_interleaved(x).flatten(), torch.tensor([-1.0, 0, -3, 2, -5, 4, -7, 6]))
+    features = torch.arange(8.0).view(1, 1, 1, 8)
+    torch.testing.assert_close(rotate_interleaved(features).flatten(), torch.tensor([-1.0, 0, -3, 2, -5, 4, -7, 6]))
     cos, sin = rope_cos_sin(3, 8, torch.device("cpu"), torch.float32)
     inv_freq = 1.0 / 10000 ** (torch.arange(0, 8, 2).float() / 8)
     torch.testing.assert_close(cos[2], torch.cat([torch.cos(2 * inv_freq)] * 2))  # half-split layout

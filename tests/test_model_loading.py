@@ -11,6 +11,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from prismatic.models.batch import PolicyBatch, policy_batch
 from prismatic.models.loaders import PolicySpec, load_policy, load_prismatic_vlm, newest_checkpoint
 from prismatic.models.lora import LoRASettings, apply_lora
 from prismatic.models.policy import VLAAdapterPolicy
@@ -19,7 +20,7 @@ from prismatic.models.savers import merged_state_dict, save_policy
 from prismatic.models.state_dicts import CheckpointMismatchError, hf_to_native, load_state_dict_strict, native_to_hf
 from prismatic.models.tokenizer import load_tokenizer
 from prismatic.models.vlm import PrismaticVLM
-from prismatic.vla.constants import ACTION_QUERY_TOKEN_ID, IGNORE_INDEX, LIBERO_CONSTANTS
+from prismatic.vla.constants import ACTION_QUERY_TOKEN_ID, LIBERO_CONSTANTS
 
 STATS = {
     "libero_spatial_no_noops": {
@@ -31,23 +32,20 @@ STATS = {
 }
 
 
-def batch(n: int = 2, seed: int = 0) -> dict[str, torch.Tensor]:
-    g = torch.Generator().manual_seed(seed)
-    ids = torch.tensor([[11, 12, 13, 14] + [ACTION_QUERY_TOKEN_ID] * 64] * n)
-    labels = torch.where(ids == ACTION_QUERY_TOKEN_ID, ids, torch.full_like(ids, IGNORE_INDEX))
-    return {
-        "pixel_values": torch.randn(n, 12, 224, 224, generator=g),
-        "input_ids": ids,
-        "attention_mask": torch.ones_like(ids),
-        "labels": labels,
-        "proprio": torch.randn(n, 8, generator=g),
-    }
+def batch(batch_size: int = 2, seed: int = 0) -> PolicyBatch:
+    generator = torch.Generator().manual_seed(seed)
+    return policy_batch(
+        [[11, 12, 13, 14] + [ACTION_QUERY_TOKEN_ID] * 64] * batch_size,
+        0,
+        torch.randn(batch_size, 12, 224, 224, generator=generator),
+        proprio=torch.randn(batch_size, 8, generator=generator),
+    )
 
 
 def actions(policy: VLAAdapterPolicy, seed: int = 0) -> torch.Tensor:
     policy.eval()
     with torch.no_grad():
-        return policy(**batch(seed=seed)).actions
+        return policy(batch(seed=seed)).actions
 
 
 def test_prismatic_folder_round_trip(tiny_assets: tuple[Path, Path]) -> None:
@@ -141,9 +139,9 @@ def trained_lora_policy(tiny_assets: tuple[Path, Path]) -> VLAAdapterPolicy:
     policy = VLAAdapterPolicy(vlm, LIBERO_CONSTANTS)
     torch.manual_seed(1)
     with torch.no_grad():
-        for p in policy.parameters():
-            if p.requires_grad:
-                p.add_(torch.randn_like(p) * 0.02)
+        for param in policy.parameters():
+            if param.requires_grad:
+                param.add_(torch.randn_like(param) * 0.02)
     return policy
 
 

@@ -97,23 +97,23 @@ def test_layout_and_feature_spec_match_the_real_libero_rlds(data_root: Path) -> 
 
 def test_episode_flags_and_value_ranges(spatial_episodes: list[dict[str, Any]]) -> None:
     for ep in spatial_episodes:
-        s = ep["steps"]
-        n = len(s["action"])
-        assert 40 <= n <= 200
-        assert s["is_first"].tolist() == [True] + [False] * (n - 1)
-        assert s["is_last"].tolist() == [False] * (n - 1) + [True]
-        assert s["is_terminal"].tolist() == s["is_last"].tolist()
-        assert s["reward"].tolist() == [0.0] * (n - 1) + [1.0]
-        assert np.all(s["discount"] == 1.0)
-        a = s["action"]
-        assert np.abs(a[:, :3]).max() <= MAX_POS_ACTION + 1e-6
-        assert np.abs(a[:, 3:6]).max() <= MAX_ROT_ACTION + 1e-6
-        assert set(np.unique(a[:, 6]).tolist()) == {-1.0, 1.0}
-        closes = np.flatnonzero(np.diff(a[:, 6]) > 0)
-        opens = np.flatnonzero(np.diff(a[:, 6]) < 0)
+        steps = ep["steps"]
+        num_steps = len(steps["action"])
+        assert 40 <= num_steps <= 200
+        assert steps["is_first"].tolist() == [True] + [False] * (num_steps - 1)
+        assert steps["is_last"].tolist() == [False] * (num_steps - 1) + [True]
+        assert steps["is_terminal"].tolist() == steps["is_last"].tolist()
+        assert steps["reward"].tolist() == [0.0] * (num_steps - 1) + [1.0]
+        assert np.all(steps["discount"] == 1.0)
+        actions = steps["action"]
+        assert np.abs(actions[:, :3]).max() <= MAX_POS_ACTION + 1e-6
+        assert np.abs(actions[:, 3:6]).max() <= MAX_ROT_ACTION + 1e-6
+        assert set(np.unique(actions[:, 6]).tolist()) == {-1.0, 1.0}
+        closes = np.flatnonzero(np.diff(actions[:, 6]) > 0)
+        opens = np.flatnonzero(np.diff(actions[:, 6]) < 0)
         assert len(closes) == 1 and len(opens) == 1 and closes[0] < opens[0]  # grasp, then release
-        images = s["observation"]["image"]
-        assert images.shape == (n, 256, 256, 3) and images.dtype == np.uint8
+        images = steps["observation"]["image"]
+        assert images.shape == (num_steps, 256, 256, 3) and images.dtype == np.uint8
         assert ep["episode_metadata"]["file_path"].decode().endswith("_demo.hdf5")
 
 
@@ -147,9 +147,9 @@ def test_instruction_alone_does_not_determine_the_actions(spatial_episodes: list
     assert len(by_task) == 10 and all(len(v) == 2 for v in by_task.values())
     for first, second in by_task.values():
         a1, a2 = first["steps"]["action"], second["steps"]["action"]
-        n = min(len(a1), len(a2))
+        common_len = min(len(a1), len(a2))
         # Same instruction, different object and target positions: different motions...
-        assert np.abs(a1[:n, :3] - a2[:n, :3]).mean() > 0.1
+        assert np.abs(a1[:common_len, :3] - a2[:common_len, :3]).mean() > 0.1
         # ...and the pixels show the difference.
         img1 = first["steps"]["observation"]["image"][0].astype(np.float32)
         img2 = second["steps"]["observation"]["image"][0].astype(np.float32)
@@ -166,10 +166,10 @@ def test_pixels_show_where_objects_are() -> None:
         empty = render_scene(AGENT_CAMERA, background, [], 1.0).astype(np.float32)
         changed = np.argwhere(np.abs(with_bowl - empty).sum(-1) > 60)
         uv, _ = AGENT_CAMERA.project(np.array([[*xy, TABLE_Z + bowl.size[2]]]))
-        u, v = uv[0]
-        centroid = changed.mean(0)[::-1]  # (row, col) -> (u, v)
-        assert np.linalg.norm(centroid - [u, v]) < 6, (centroid, (u, v))
-        assert with_bowl[int(v), int(u)].mean() < 60  # a black bowl is dark where it projects
+        pixel_col, pixel_row = uv[0]
+        centroid = changed.mean(0)[::-1]  # (row, col) -> (col, row), i.e. (u, v)
+        assert np.linalg.norm(centroid - [pixel_col, pixel_row]) < 6, (centroid, (pixel_col, pixel_row))
+        assert with_bowl[int(pixel_row), int(pixel_col)].mean() < 60  # a black bowl is dark where it projects
 
 
 def test_episodes_are_deterministic_for_a_seed() -> None:
@@ -182,8 +182,8 @@ def test_episodes_are_deterministic_for_a_seed() -> None:
         assert s1["observation"]["wrist_image"] == s2["observation"]["wrist_image"]
         np.testing.assert_array_equal(s1["action"], s2["action"])
         np.testing.assert_array_equal(s1["observation"]["state"], s2["observation"]["state"])
-    n = min(len(first["steps"]), len(other["steps"]))
-    assert any(not np.array_equal(first["steps"][t]["action"], other["steps"][t]["action"]) for t in range(n))
+    common_len = min(len(first["steps"]), len(other["steps"]))
+    assert any(not np.array_equal(first["steps"][t]["action"], other["steps"][t]["action"]) for t in range(common_len))
 
 
 def test_written_datasets_are_identical_for_the_same_seed(tmp_path: Path) -> None:

@@ -36,15 +36,15 @@ def model_and_optimizer(impl: str) -> tuple[nn.Module, torch.optim.AdamW]:
 def backward(model: nn.Module, seed: int) -> None:
     gen = torch.Generator().manual_seed(seed)
     model.zero_grad(set_to_none=True)
-    x, target = torch.randn(32, 10, generator=gen), torch.randn(32, generator=gen)
-    ((model(x).sum(-1) - target).pow(2).mean() * (1 + seed)).backward()
+    inputs, target = torch.randn(32, 10, generator=gen), torch.randn(32, generator=gen)
+    ((model(inputs).sum(-1) - target).pow(2).mean() * (1 + seed)).backward()
 
 
 def measured(model: nn.Module, optimizer: torch.optim.Optimizer) -> UpdateCheck:
     """The norms a real step produces, on a copy (parameters, gradients and optimizer state)."""
     model2, optimizer2 = copy.deepcopy((model, optimizer))
-    for p, p2 in zip(model.parameters(), model2.parameters(), strict=True):
-        p2.grad = p.grad.clone()
+    for param, param_copy in zip(model.parameters(), model2.parameters(), strict=True):
+        param_copy.grad = param.grad.clone()
     before = [p.detach().clone() for p in model2.parameters()]
     optimizer2.step()
     after = [p.detach() for p in model2.parameters()]
@@ -59,8 +59,8 @@ def measured(model: nn.Module, optimizer: torch.optim.Optimizer) -> UpdateCheck:
 @pytest.mark.parametrize("steps_before", [0, 3])
 def test_prediction_matches_a_real_step_and_changes_nothing(impl: str, steps_before: int) -> None:
     model, optimizer = model_and_optimizer(impl)
-    for s in range(steps_before):
-        backward(model, seed=100 + s)
+    for step_index in range(steps_before):
+        backward(model, seed=100 + step_index)
         optimizer.step()
     backward(model, seed=7)
     params = [p.detach().clone() for p in model.parameters()]
@@ -113,10 +113,10 @@ def test_parameters_without_gradients_are_ignored() -> None:
     ],
 )
 def test_unmodelled_optimizers_are_refused(make: Any) -> None:
-    p = nn.Parameter(torch.ones(3))
-    p.grad = torch.ones(3)
+    param = nn.Parameter(torch.ones(3))
+    param.grad = torch.ones(3)
     with pytest.raises(ValueError):
-        check_adamw_update(make([p]))
+        check_adamw_update(make([param]))
 
 
 def test_ratio_edge_cases() -> None:

@@ -68,7 +68,7 @@ def main(cfg: EvalLiberoConfig) -> None:
     if cfg.env_factory.endswith(":LiberoEnvFactory"):
         from prismatic.eval.libero_env import configure_libero
 
-        configure_libero(cfg.libero_assets_dir)  # fails now, with the fix, if the simulator or assets are missing
+        configure_libero(cfg.libero_assets_dir)  # fails here, with the fix, if the simulator or assets are missing
         factory_kwargs = {"assets_dir": str(cfg.libero_assets_dir) if cfg.libero_assets_dir else None}
 
     seed_everything(cfg.seed)

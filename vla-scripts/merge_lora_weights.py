@@ -5,7 +5,7 @@
 
 The output has the layout of VLA-Adapter's released checkpoints (merged `model.safetensors`, action head and proprio
 projector files, `dataset_statistics.json`, tokenizer and processor files) and loads without the base VLM. Run it
-once, on one process, after training: merging at save time on every rank is what ran the old code out of memory.
+once, on one process, after training: merging needs only the adapted weights materialised anew, once.
 """
 
 from dataclasses import dataclass

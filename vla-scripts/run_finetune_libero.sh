@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Launch vla-scripts/finetune.py with torchrun, every main flag set from an environment variable.
-# Defaults are the real 1-GPU VLA-Adapter-Pro recipe on LIBERO-Spatial (batch 4 x accumulation 4, lr 2e-4).
+# Defaults are the real 1-GPU VLA-Adapter-Pro recipe on LIBERO-Spatial (batch 4 x accumulation 4, lr 2e-4, decay at
+# 150k steps); everything else is finetune.py's default.
 #
 #   bash vla-scripts/run_finetune_libero.sh
 #   USE_CRAFT=True DATASET_NAME=libero_goal_no_noops NUM_GPUS=4 BATCH_SIZE=16 bash vla-scripts/run_finetune_libero.sh
@@ -18,52 +19,53 @@ PYTHON="${PYTHON:-$([[ -x .venv/bin/python ]] && echo .venv/bin/python || echo p
 NUM_GPUS="${NUM_GPUS:-1}"
 RESUME="${RESUME:-False}"
 
-# variable:flag:default (an empty default means "not passed unless set")
+# variable:flag:default. Only the recipe's values that differ from finetune.py's defaults are given here; an empty
+# default means "not passed unless set" (finetune.py's own default applies).
 FLAGS=(
-  "VLM_PATH:vlm_path:pretrained_models/prism-qwen25-extra-dinosiglip-224px-0_5b"
-  "CONFIG_FILE_PATH:config_file_path:pretrained_models/configs"
-  "DATA_ROOT_DIR:data_root_dir:data/libero"
-  "DATASET_NAME:dataset_name:libero_spatial_no_noops"
-  "RUN_ROOT_DIR:run_root_dir:runs"
+  "VLM_PATH:vlm_path:"
+  "CONFIG_FILE_PATH:config_file_path:"
+  "DATA_ROOT_DIR:data_root_dir:"
+  "DATASET_NAME:dataset_name:"
+  "RUN_ROOT_DIR:run_root_dir:"
   "RUN_ID_NOTE:run_id_note:"
   "RUN_ID_OVERRIDE:run_id_override:"
-  "USE_LORA:use_lora:True"
-  "LORA_RANK:lora_rank:64"
-  "USE_PRO_VERSION:use_pro_version:True"
-  "USE_PROPRIO:use_proprio:True"
-  "NUM_IMAGES_IN_INPUT:num_images_in_input:2"
-  "IMAGE_AUG:image_aug:True"
-  "SHUFFLE_BUFFER_SIZE:shuffle_buffer_size:100000"
+  "USE_LORA:use_lora:"
+  "LORA_RANK:lora_rank:"
+  "USE_PRO_VERSION:use_pro_version:"
+  "USE_PROPRIO:use_proprio:"
+  "NUM_IMAGES_IN_INPUT:num_images_in_input:"
+  "IMAGE_AUG:image_aug:"
+  "SHUFFLE_BUFFER_SIZE:shuffle_buffer_size:"
   "N_SHOT_EPISODES:n_shot_episodes:"
   "BATCH_SIZE:batch_size:4"
   "GRAD_ACCUMULATION_STEPS:grad_accumulation_steps:4"
   "LEARNING_RATE:learning_rate:2e-4"
-  "LR_WARMUP_STEPS:lr_warmup_steps:0"
+  "LR_WARMUP_STEPS:lr_warmup_steps:"
   "NUM_STEPS_BEFORE_DECAY:num_steps_before_decay:150000"
-  "MAX_STEPS:max_steps:20000"
+  "MAX_STEPS:max_steps:"
   "MAX_GRAD_NORM:max_grad_norm:"
-  "GRADIENT_CHECKPOINTING:gradient_checkpointing:False"
-  "SEED:seed:7"
-  "SAVE_FREQ:save_freq:5000"
-  "SAVE_LATEST_CHECKPOINT_ONLY:save_latest_checkpoint_only:False"
+  "GRADIENT_CHECKPOINTING:gradient_checkpointing:"
+  "SEED:seed:"
+  "SAVE_FREQ:save_freq:"
+  "SAVE_LATEST_CHECKPOINT_ONLY:save_latest_checkpoint_only:"
   "KEEP_LAST_N_CHECKPOINTS:keep_last_n_checkpoints:"
   "ALLOW_RESUME_CONFIG_CHANGE:allow_resume_config_change:"
-  "CONSOLE_LOG_FREQ:console_log_freq:10"
-  "USE_WANDB:use_wandb:False"
+  "CONSOLE_LOG_FREQ:console_log_freq:"
+  "USE_WANDB:use_wandb:"
   "WANDB_PROJECT:wandb_project:vla-experiments"
   "WANDB_ENTITY:wandb_entity:"
   "TRAIN_WANDB_MODE:wandb_mode:"
-  "WANDB_LOG_FREQ:wandb_log_freq:10"
-  "USE_CRAFT:use_craft:False"
-  "CRAFT_RETENTION_BUDGET:craft_retention_budget:0.1"
-  "CRAFT_DUAL_LR:craft_dual_lr:0.01"
-  "CRAFT_ENABLE_PROJECTION:craft_enable_projection:True"
-  "CRAFT_ENABLE_DUAL:craft_enable_dual:True"
-  "CRAFT_FIXED_LAMBDA:craft_fixed_lambda:0.1"
-  "CRAFT_ANCHOR_TYPE:craft_anchor_type:concat"
+  "WANDB_LOG_FREQ:wandb_log_freq:"
+  "USE_CRAFT:use_craft:"
+  "CRAFT_RETENTION_BUDGET:craft_retention_budget:"
+  "CRAFT_DUAL_LR:craft_dual_lr:"
+  "CRAFT_ENABLE_PROJECTION:craft_enable_projection:"
+  "CRAFT_ENABLE_DUAL:craft_enable_dual:"
+  "CRAFT_FIXED_LAMBDA:craft_fixed_lambda:"
+  "CRAFT_ANCHOR_TYPE:craft_anchor_type:"
   "CRAFT_ANCHOR_LAYER_IDX:craft_anchor_layer_idx:"
-  "CRAFT_CR_TOKEN_MODE:craft_cr_token_mode:vision_only"
-  "CRAFT_MEASURE_FREQ:craft_measure_freq:0"
+  "CRAFT_CR_TOKEN_MODE:craft_cr_token_mode:"
+  "CRAFT_MEASURE_FREQ:craft_measure_freq:"
 )
 
 ARGS=()

@@ -35,12 +35,13 @@ class BenchCraftConfig:
 def run_worker(cfg: BenchCraftConfig) -> dict:
     from craft import CRaFTConfig, CRaFTStep
     from prismatic.assets.tiny_vlm import init_vlm
+    from prismatic.models.anchor import Anchor
+    from prismatic.models.batch import random_batch
     from prismatic.models.policy import VLAAdapterPolicy
     from prismatic.models.presets import MID, TINY
-    from prismatic.training.anchor import Anchor
     from prismatic.training.distributed import DistContext
     from prismatic.training.trainer import GradientStepper, compute_gradients, trainable_vlm
-    from prismatic.vla.constants import ACTION_QUERY_TOKEN_ID, IGNORE_INDEX, LIBERO_CONSTANTS
+    from prismatic.vla.constants import LIBERO_CONSTANTS
 
     name, tuning, method = cfg.worker.split(",")
     preset = {"tiny": TINY, "mid": MID}[name]
@@ -56,23 +57,19 @@ def run_worker(cfg: BenchCraftConfig) -> dict:
     craft_step = CRaFTStep(trainable, craft_cfg) if use_craft else None
     optimizer = torch.optim.AdamW(trainable, lr=1e-4)
     ctx = DistContext(rank=0, local_rank=0, world_size=1, device=torch.device("cpu"))
-    stepper = GradientStepper(policy, anchor, craft_step, craft_cfg, cfg.grad_accumulation_steps, 0, True, ctx)
-
-    g = torch.Generator().manual_seed(1234)  # the same batches for baseline and CRaFT
-    b = cfg.batch_size
-    ids = torch.cat(
-        [torch.randint(0, 150_000, (b, 56), generator=g), torch.full((b, 64), ACTION_QUERY_TOKEN_ID)], dim=1
+    stepper = GradientStepper(
+        model=policy,
+        anchor=anchor,
+        craft_step=craft_step,
+        craft_cfg=craft_cfg,
+        accum=cfg.grad_accumulation_steps,
+        seed=0,
+        ctx=ctx,
     )
+
+    generator = torch.Generator().manual_seed(1234)  # the same batches for baseline and CRaFT
     batches = [
-        {
-            "pixel_values": torch.randn(b, 12, 224, 224, generator=g),
-            "input_ids": ids,
-            "attention_mask": torch.ones_like(ids),
-            "labels": torch.where(ids == ACTION_QUERY_TOKEN_ID, ids, torch.full_like(ids, IGNORE_INDEX)),
-            "actions": torch.rand(b, 8, 7, generator=g) * 2 - 1,
-            "proprio": torch.randn(b, 8, generator=g),
-        }
-        for _ in range((cfg.steps + 1) * cfg.grad_accumulation_steps)
+        random_batch(cfg.batch_size, generator=generator) for _ in range((cfg.steps + 1) * cfg.grad_accumulation_steps)
     ]
     stream = iter(batches)
     rss_before = resident_memory_gb()
@@ -81,6 +78,8 @@ def run_worker(cfg: BenchCraftConfig) -> dict:
         start = time.perf_counter()
         compute_gradients(stepper, stream, step, measure=use_craft)
         optimizer.step()
+        if craft_step is not None:
+            craft_step.commit()
         optimizer.zero_grad(set_to_none=True)
         if step > 0:
             times.append(time.perf_counter() - start)

@@ -17,15 +17,14 @@ SEEDS="${SEEDS:-42 123 456}"
 STEPS="${STEPS:-$(default_steps 20000)}"
 libero_suite="$(suite_of "$SUITE")" || exit 2
 dataset="${libero_suite}_no_noops"
-BASE="--use_craft True --craft_retention_budget 0.1 --craft_dual_lr 0.01"
-
+# finetune.py's CRaFT defaults are the guide's full configuration: each variant passes only what it changes.
 for ablation in $ABLATIONS; do
   case "$ablation" in
-    full) flags="$BASE --craft_enable_projection True --craft_enable_dual True --craft_anchor_type concat" ;;
-    no_projection) flags="$BASE --craft_enable_projection False --craft_enable_dual True --craft_anchor_type concat" ;;
-    no_dual) flags="$BASE --craft_enable_projection True --craft_enable_dual False --craft_fixed_lambda 0.1 --craft_anchor_type concat" ;;
-    aq_only) flags="$BASE --craft_enable_projection True --craft_enable_dual True --craft_anchor_type aq_only" ;;
-    raw_only) flags="$BASE --craft_enable_projection True --craft_enable_dual True --craft_anchor_type raw_only" ;;
+    full) flags="--use_craft True" ;;
+    no_projection) flags="--use_craft True --craft_enable_projection False" ;;
+    no_dual) flags="--use_craft True --craft_enable_dual False" ;;
+    aq_only) flags="--use_craft True --craft_anchor_type aq_only" ;;
+    raw_only) flags="--use_craft True --craft_anchor_type raw_only" ;;
     *) echo "unknown ablation '$ablation' (full no_projection no_dual aq_only raw_only)" >&2; exit 2 ;;
   esac
   for seed in $SEEDS; do

@@ -26,7 +26,9 @@ from prismatic.models.presets import (
     SIGLIP_MEAN,
     SIGLIP_STD,
     VLMPreset,
+    openvla_config,
 )
+from prismatic.models.tokenizer import BUNDLE_FILES
 from prismatic.util.atomic_io import atomic_write_json, staged_directory
 
 ENDOFTEXT = "<|endoftext|>"
@@ -40,18 +42,6 @@ QWEN25_CHAT_TEMPLATE = (
     "{{- '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' -}}"
     "{%- endfor -%}"
     "{%- if add_generation_prompt -%}{{- '<|im_start|>assistant\\n' -}}{%- endif -%}"
-)
-BUNDLE_FILES = (
-    "config.json",
-    "vocab.json",
-    "merges.txt",
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "added_tokens.json",
-    "special_tokens_map.json",
-    "preprocessor_config.json",
-    "processor_config.json",
-    "generation_config.json",
 )
 
 
@@ -69,36 +59,6 @@ def _token_entry(content: str, special: bool) -> dict[str, Any]:
 def _additional_special_tokens() -> list[str]:
     # The chat/vision specials after <|endoftext|> that are flagged special (as in the released bundle).
     return [tok for tok, special in QWEN25_SPECIAL_TOKENS[1:] if special]
-
-
-def model_config(preset: VLMPreset) -> dict[str, Any]:
-    """OpenVLA-style `config.json` content for `preset` (no `auto_map`: nothing here runs remote code)."""
-    config: dict[str, Any] = {
-        "architectures": ["OpenVLAForActionPrediction"],
-        "model_type": "openvla",
-        "arch_specifier": preset.arch_specifier,
-        "hf_llm_id": "",
-        "image_resize_strategy": preset.image_resize_strategy,
-        "image_sizes": [preset.image_size, preset.image_size],
-        "llm_backbone_id": preset.llm_backbone_id,
-        "llm_max_length": preset.llm_max_length,
-        "n_action_bins": 256,
-        "norm_stats": {},
-        "output_projector_states": False,
-        "pad_to_multiple_of": 64,
-        "pad_token_id": QWEN25_ENDOFTEXT_ID,
-        "text_config": preset.llm.text_config(),
-        "timm_model_ids": [preset.dino.timm_id, preset.siglip.timm_id],
-        "timm_override_act_layers": [None, None],
-        "torch_dtype": "bfloat16",
-        "use_fused_vision_backbone": True,
-        "vision_backbone_id": preset.vision_backbone_id,
-    }
-    if preset.dino.overrides or preset.siglip.overrides:
-        # Extension of this project: timm kwargs that shrink the ViTs (absent for the real architecture).
-        config["timm_model_overrides"] = [dict(preset.dino.overrides), dict(preset.siglip.overrides)]
-        config["preset"] = preset.name
-    return config
 
 
 def tokenizer_config() -> dict[str, Any]:
@@ -168,7 +128,7 @@ def write_config_bundle(output_dir: str | Path, preset: VLMPreset, overwrite: bo
     a different existing folder is only replaced with `overwrite=True`.
     """
     output_dir = Path(output_dir)
-    wanted = model_config(preset)
+    wanted = openvla_config(preset)
     existing = output_dir / "config.json"
     if output_dir.exists() and not overwrite:
         if existing.is_file() and json.loads(existing.read_text()) == wanted and bundle_is_complete(output_dir):

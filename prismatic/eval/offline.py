@@ -19,32 +19,32 @@ import torch
 from torch.utils.data import DataLoader
 
 from craft import CRaFTConfig, masked_mean_pool, retention_loss
+from prismatic.models.anchor import retention_features, token_masks
+from prismatic.models.batch import PaddedCollatorForActionPrediction, RLDSBatchTransform
 from prismatic.models.loaders import LoadedPolicy, load_prismatic_vlm
 from prismatic.models.tokenizer import load_tokenizer
 from prismatic.models.vlm import PrismaticVLM, VLMOutput
-from prismatic.training.anchor import retention_features, token_masks
-from prismatic.vla.constants import IGNORE_INDEX
-from prismatic.vla.datasets import PaddedCollatorForActionPrediction, RLDSBatchTransform, RLDSDataset
+from prismatic.vla.datasets import RLDSDataset, StreamConfig
 from prismatic.vla.normalization import unnormalize
 
 
-def linear_cka(x: np.ndarray | torch.Tensor, y: np.ndarray | torch.Tensor) -> float:
+def linear_cka(first: np.ndarray | torch.Tensor, second: np.ndarray | torch.Tensor) -> float:
     """Linear CKA of two feature matrices (n samples x d1, n x d2): 1 for identical (up to rotation and scale).
 
     Features that do not vary over the samples (e.g. zero-initialised action queries at the embedding layer) have
     no similarity structure: CKA is then 1 if both sides are constant and 0 if only one is.
     """
-    x = torch.as_tensor(x, dtype=torch.float64)
-    y = torch.as_tensor(y, dtype=torch.float64)
-    if x.shape[0] != y.shape[0] or x.shape[0] < 2:
-        raise ValueError(f"CKA needs the same n >= 2 samples in both matrices, got {x.shape} and {y.shape}")
-    x = x - x.mean(0, keepdim=True)
-    y = y - y.mean(0, keepdim=True)
-    cross = torch.linalg.matrix_norm(y.T @ x) ** 2
-    denom = torch.linalg.matrix_norm(x.T @ x) * torch.linalg.matrix_norm(y.T @ y)
+    first = torch.as_tensor(first, dtype=torch.float64)
+    second = torch.as_tensor(second, dtype=torch.float64)
+    if first.shape[0] != second.shape[0] or first.shape[0] < 2:
+        raise ValueError(f"CKA needs the same n >= 2 samples in both matrices, got {first.shape} and {second.shape}")
+    first = first - first.mean(0, keepdim=True)
+    second = second - second.mean(0, keepdim=True)
+    cross = torch.linalg.matrix_norm(second.T @ first) ** 2
+    denom = torch.linalg.matrix_norm(first.T @ first) * torch.linalg.matrix_norm(second.T @ second)
     if denom > 0:
         return float(cross / denom)
-    return 1.0 if not x.any() and not y.any() else 0.0
+    return 1.0 if not first.any() and not second.any() else 0.0
 
 
 @dataclass
@@ -88,10 +88,9 @@ def evaluate_offline(
     base_vlm = base_vlm.to(device).eval()
     tokenizer = load_tokenizer(tokenizer_dir)
     stats = loaded.dataset_statistics.get(settings.dataset_name, None)
-    dataset = RLDSDataset(
-        settings.data_root_dir,
-        settings.dataset_name,
-        RLDSBatchTransform(tokenizer),
+    stream = StreamConfig(
+        data_root_dir=Path(settings.data_root_dir),
+        dataset_name=settings.dataset_name,
         train=False,
         num_images=loaded.spec.num_images_in_input,
         use_heldout_episodes=True,
@@ -99,6 +98,7 @@ def evaluate_offline(
         heldout_episode_fraction=settings.heldout_episode_fraction,
         statistics=loaded.dataset_statistics,
     )
+    dataset = RLDSDataset.from_config(stream, RLDSBatchTransform(tokenizer))
     stats = stats or dataset.dataset_statistics[settings.dataset_name]
     loader = DataLoader(
         dataset, batch_size=settings.batch_size, collate_fn=PaddedCollatorForActionPrediction(tokenizer.pad_token_id)
@@ -113,15 +113,13 @@ def evaluate_offline(
         for batch in loader:
             if seen >= settings.max_samples:
                 break
-            keep = min(len(batch["actions"]), settings.max_samples - seen)
-            batch = {k: v[:keep] if isinstance(v, torch.Tensor | list) else v for k, v in batch.items()}
-            inputs = {k: batch[k].to(device) for k in ("pixel_values", "input_ids", "attention_mask", "labels")}
-            out = policy(**inputs, proprio=batch["proprio"].to(device) if policy.use_proprio else None)
-            base_out = base_vlm(
-                inputs["pixel_values"], inputs["input_ids"], inputs["attention_mask"], inputs["labels"] != IGNORE_INDEX
-            )
+            keep = min(len(batch), settings.max_samples - seen)
+            batch = batch.head(keep)
+            on_device = batch.to(device)
+            out = policy(on_device)
+            base_out = base_vlm(**on_device.vlm_inputs())
             pred = out.actions.float().cpu().numpy()
-            target = batch["actions"].numpy()
+            target = batch.actions.numpy()
             norm_err = np.abs(pred - target)
             raw_err = np.abs(unnormalize(pred, stats["action"], kind) - unnormalize(target, stats["action"], kind))
             for name, err in (("normalized", norm_err), ("unnormalized", raw_err)):

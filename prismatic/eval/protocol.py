@@ -60,12 +60,12 @@ class Protocol:
 
 def quat2axisangle(quat: np.ndarray) -> np.ndarray:
     """(x, y, z, w) quaternion -> axis-angle 3-vector (robosuite's convention)."""
-    q = np.asarray(quat, dtype=np.float64).copy()
-    q[3] = min(max(q[3], -1.0), 1.0)
-    den = math.sqrt(1.0 - q[3] * q[3])
+    xyzw = np.asarray(quat, dtype=np.float64).copy()
+    xyzw[3] = min(max(xyzw[3], -1.0), 1.0)
+    den = math.sqrt(1.0 - xyzw[3] * xyzw[3])
     if math.isclose(den, 0.0):
         return np.zeros(3)
-    return q[:3] * 2.0 * math.acos(q[3]) / den
+    return xyzw[:3] * 2.0 * math.acos(xyzw[3]) / den
 
 
 def robot_state(obs: dict[str, Any]) -> np.ndarray:

@@ -71,11 +71,11 @@ def run_episode(
         env.reset()
         obs = env.set_init_state(initial_state)
         pending: deque[np.ndarray] = deque()
-        t = 0
-        while t < protocol.episode_steps + protocol.num_steps_wait:
-            if t < protocol.num_steps_wait:
+        tick = 0
+        while tick < protocol.episode_steps + protocol.num_steps_wait:
+            if tick < protocol.num_steps_wait:
                 obs, _, _, _ = env.step(list(WAIT_ACTION))
-                t += 1
+                tick += 1
                 continue
             if recorder is not None:
                 recorder.add(obs)
@@ -88,7 +88,7 @@ def run_episode(
             if done:
                 success = True
                 break
-            t += 1
+            tick += 1
     except Exception as err:  # a crashing episode is a failed episode, not a crashed evaluation
         return EpisodeResult(
             task_id,

@@ -175,12 +175,12 @@ def _worker_main(
     envs.close()
 
 
-def _drain(q: Any, first_timeout: float, limit: int) -> list[Any]:
+def _drain(source: Any, first_timeout: float, limit: int) -> list[Any]:
     items = []
     try:
-        items.append(q.get(timeout=first_timeout))
+        items.append(source.get(timeout=first_timeout))
         while len(items) < limit:
-            items.append(q.get_nowait())
+            items.append(source.get_nowait())
     except queue.Empty:
         pass
     return items
@@ -193,12 +193,12 @@ def _run_parallel(
     work_q, request_q, event_q = ctx.Queue(), ctx.Queue(), ctx.Queue()
     for item in todo:
         work_q.put(item)
-    n = max(1, min(settings.num_workers, len(todo)))
-    for _ in range(n):
+    num_workers = max(1, min(settings.num_workers, len(todo)))
+    for _ in range(num_workers):
         work_q.put(None)
     procs: dict[int, Any] = {}
     responses: dict[tuple[int, int], Any] = {}
-    incarnation = [0] * n
+    incarnation = [0] * num_workers
 
     def start(wid: int) -> None:
         incarnation[wid] += 1
@@ -209,7 +209,7 @@ def _run_parallel(
         )
         procs[wid].start()
 
-    for wid in range(n):
+    for wid in range(num_workers):
         start(wid)
     in_flight: dict[int, tuple[int, int]] = {}
     remaining = len(todo)
@@ -372,13 +372,13 @@ def evaluate(settings: EvalSettings, policy: BatchedPolicy) -> dict[str, Any]:
     results = summarize(rows, settings, task_ids)
     results["seconds_this_session"] = round(time.perf_counter() - started, 1)
     atomic_write_json(settings.results_dir / RESULTS_FILE, results)
-    with (settings.results_dir / LOG_FILE).open("a", encoding="utf-8") as f:
-        for task_id, t in results["per_task"].items():
-            f.write(
-                f"task {task_id} ({t['description']}): {t['successes']}/{t['trials']} = "
-                f"{(t['success_rate'] or 0):.1%}\n"
+    with (settings.results_dir / LOG_FILE).open("a", encoding="utf-8") as log_file:
+        for task_id, task in results["per_task"].items():
+            log_file.write(
+                f"task {task_id} ({task['description']}): {task['successes']}/{task['trials']} = "
+                f"{(task['success_rate'] or 0):.1%}\n"
             )
-        f.write(
+        log_file.write(
             f"TOTAL {results['suite']}: {results['total']['successes']}/{results['total']['trials']} = "
             f"{(results['total']['success_rate'] or 0):.1%}\n"
         )

@@ -39,18 +39,18 @@ def rope_cos_sin(
     return emb.cos().to(dtype), emb.sin().to(dtype)
 
 
-def rotate_interleaved(x: torch.Tensor) -> torch.Tensor:
+def rotate_interleaved(vectors: torch.Tensor) -> torch.Tensor:
     """(x0, x1, x2, x3, ...) -> (-x1, x0, -x3, x2, ...): rotation of interleaved pairs.
 
     KEEP: the released Pro heads pair dims (2i, 2i+1) here while `rope_cos_sin` lays frequencies out half-split;
     the mismatch is part of what the weights were trained with.
     """
-    return torch.stack((-x[..., 1::2], x[..., ::2]), dim=-1).reshape_as(x)
+    return torch.stack((-vectors[..., 1::2], vectors[..., ::2]), dim=-1).reshape_as(vectors)
 
 
-def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """x: (B, heads, T, head_dim); cos/sin: (T, head_dim)."""
-    return x * cos + rotate_interleaved(x) * sin
+def apply_rope(vectors: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """vectors: (B, heads, T, head_dim); cos/sin: (T, head_dim)."""
+    return vectors * cos + rotate_interleaved(vectors) * sin
 
 
 class BridgeAttentionBlock(nn.Module):
@@ -66,28 +66,30 @@ class BridgeAttentionBlock(nn.Module):
         self.o_proj = nn.Linear(dim, dim)
         self.gating_factor = nn.Parameter(torch.zeros(1))
 
-    def _heads(self, t: torch.Tensor) -> torch.Tensor:
-        b, n, _ = t.shape
-        return t.view(b, n, self.num_heads, self.head_dim).transpose(1, 2)
+    def _heads(self, tokens: torch.Tensor) -> torch.Tensor:
+        batch, length, _ = tokens.shape
+        return tokens.view(batch, length, self.num_heads, self.head_dim).transpose(1, 2)
 
     def attend(
-        self, q: torch.Tensor, keys: list[torch.Tensor], values: list[torch.Tensor], task_scale: torch.Tensor
+        self, queries: torch.Tensor, keys: list[torch.Tensor], values: list[torch.Tensor], task_scale: torch.Tensor
     ) -> torch.Tensor:
         """One softmax over [self, adapter, task] keys; task logits scaled by tanh(gate) before the softmax."""
-        scores = [q @ k.transpose(-2, -1) for k in keys]
+        scores = [queries @ k.transpose(-2, -1) for k in keys]
         scores[2] = scores[2] * task_scale
         weights = torch.softmax(torch.cat(scores, dim=-1) / math.sqrt(self.head_dim), dim=-1)
         out = weights @ torch.cat(values, dim=2)
-        b, _, t, _ = out.shape
-        return out.transpose(1, 2).reshape(b, t, self.num_heads * self.head_dim)
+        batch, _, length, _ = out.shape
+        return out.transpose(1, 2).reshape(batch, length, self.num_heads * self.head_dim)
 
-    def forward(self, x: torch.Tensor, h_a: torch.Tensor, h_t: torch.Tensor, p: torch.Tensor | None) -> torch.Tensor:
-        adapter = h_a if p is None else torch.cat([h_a, p], dim=1)
-        q = self._heads(self.q_proj(x))
-        keys = [self._heads(self.k_proj(s)) for s in (x, adapter, h_t)]
-        values = [self._heads(self.v_proj(s)) for s in (x, adapter, h_t)]
-        out = self.o_proj(self.attend(q, keys, values, torch.tanh(self.gating_factor)))
-        return self.ffn(out + x)
+    def forward(
+        self, hidden: torch.Tensor, h_a: torch.Tensor, h_t: torch.Tensor, proprio: torch.Tensor | None
+    ) -> torch.Tensor:
+        adapter = h_a if proprio is None else torch.cat([h_a, proprio], dim=1)
+        queries = self._heads(self.q_proj(hidden))
+        keys = [self._heads(self.k_proj(s)) for s in (hidden, adapter, h_t)]
+        values = [self._heads(self.v_proj(s)) for s in (hidden, adapter, h_t)]
+        out = self.o_proj(self.attend(queries, keys, values, torch.tanh(self.gating_factor)))
+        return self.ffn(out + hidden)
 
 
 class BridgeAttentionBlockPro(BridgeAttentionBlock):
@@ -110,20 +112,24 @@ class BridgeAttentionBlockPro(BridgeAttentionBlock):
         # DDP never waits for gradients it will not get.
         self.film_gen = nn.Sequential(nn.Linear(dim, dim * 2)).requires_grad_(False)
 
-    def forward(self, x: torch.Tensor, h_a: torch.Tensor, h_t: torch.Tensor, p: torch.Tensor | None) -> torch.Tensor:
-        adapter = h_a if p is None else torch.cat([h_a, p], dim=1)
-        q = self._heads(self.q_proj(x))
-        k_self, v_self = self._heads(self.k_self(x)), self._heads(self.v_self(x))
+    def forward(
+        self, hidden: torch.Tensor, h_a: torch.Tensor, h_t: torch.Tensor, proprio: torch.Tensor | None
+    ) -> torch.Tensor:
+        adapter = h_a if proprio is None else torch.cat([h_a, proprio], dim=1)
+        queries = self._heads(self.q_proj(hidden))
+        k_self, v_self = self._heads(self.k_self(hidden)), self._heads(self.v_self(hidden))
         k_adapter, v_adapter = self._heads(self.k_adapter(adapter)), self._heads(self.v_adapter(adapter))
         k_task, v_task = self._heads(self.k_task(h_t)), self._heads(self.v_task(h_t))
-        cos, sin = rope_cos_sin(x.shape[1], self.head_dim, x.device, x.dtype)
-        q, k_self = apply_rope(q, cos, sin), apply_rope(k_self, cos, sin)
-        cos, sin = rope_cos_sin(adapter.shape[1], self.head_dim, x.device, x.dtype)
+        cos, sin = rope_cos_sin(hidden.shape[1], self.head_dim, hidden.device, hidden.dtype)
+        queries, k_self = apply_rope(queries, cos, sin), apply_rope(k_self, cos, sin)
+        cos, sin = rope_cos_sin(adapter.shape[1], self.head_dim, hidden.device, hidden.dtype)
         k_adapter = apply_rope(k_adapter, cos, sin)
-        cos, sin = rope_cos_sin(h_t.shape[1], self.head_dim, x.device, x.dtype)
+        cos, sin = rope_cos_sin(h_t.shape[1], self.head_dim, hidden.device, hidden.dtype)
         k_task = apply_rope(k_task, cos, sin)
-        out = self.attend(q, [k_self, k_adapter, k_task], [v_self, v_adapter, v_task], torch.tanh(self.gating_factor))
-        return self.ffn(self.o_proj(out) + x)
+        out = self.attend(
+            queries, [k_self, k_adapter, k_task], [v_self, v_adapter, v_task], torch.tanh(self.gating_factor)
+        )
+        return self.ffn(self.o_proj(out) + hidden)
 
 
 class MLPResNet(nn.Module):
@@ -141,11 +147,13 @@ class MLPResNet(nn.Module):
         self.layer_norm2 = nn.LayerNorm(hidden_dim)
         self.fc2 = nn.Linear(hidden_dim, output_dim)
 
-    def forward(self, x: torch.Tensor, h_a: torch.Tensor, h_t: torch.Tensor, p: torch.Tensor | None) -> torch.Tensor:
-        x = self.relu(self.fc1(self.layer_norm1(x)))
-        for i, block in enumerate(self.mlp_resnet_blocks):
-            x = block(x, h_a=h_a[:, i + 1], h_t=h_t[:, i + 1], p=p)
-        return self.fc2(self.layer_norm2(x))
+    def forward(
+        self, hidden: torch.Tensor, h_a: torch.Tensor, h_t: torch.Tensor, proprio: torch.Tensor | None
+    ) -> torch.Tensor:
+        hidden = self.relu(self.fc1(self.layer_norm1(hidden)))
+        for layer, block in enumerate(self.mlp_resnet_blocks):
+            hidden = block(hidden, h_a=h_a[:, layer + 1], h_t=h_t[:, layer + 1], proprio=proprio)
+        return self.fc2(self.layer_norm2(hidden))
 
 
 class L1RegressionActionHead(nn.Module):
@@ -179,15 +187,17 @@ class L1RegressionActionHead(nn.Module):
                 f"the head has {len(self.model.mlp_resnet_blocks)} blocks but got features of only "
                 f"{features.shape[1] - 1} LLM layers"
             )
-        b = features.shape[0]
+        batch = features.shape[0]
         h_t, h_a = features[:, :, :-NUM_ACTION_QUERIES], features[:, :, -NUM_ACTION_QUERIES:]
-        x = features.new_zeros(b, self.action_chunk, self.action_dim * self.llm_dim)
+        head_input = features.new_zeros(batch, self.action_chunk, self.action_dim * self.llm_dim)
         if self.training and self.train_noise_std > 0:
             # One draw shared by the batch, as in the original (KEEP); turn off with train_noise_std = 0.
             generator = None
             if noise_seed is not None:
-                generator = torch.Generator(device=x.device).manual_seed(noise_seed)
-            noise = torch.randn(x.shape[1:], device=x.device, dtype=x.dtype, generator=generator)
-            x = x + noise * self.train_noise_std
-        p = None if proprio_features is None else proprio_features.view(b, 1, -1).to(features.dtype)
-        return self.model(x, h_a=h_a, h_t=h_t, p=p)
+                generator = torch.Generator(device=head_input.device).manual_seed(noise_seed)
+            noise = torch.randn(
+                head_input.shape[1:], device=head_input.device, dtype=head_input.dtype, generator=generator
+            )
+            head_input = head_input + noise * self.train_noise_std
+        proprio = None if proprio_features is None else proprio_features.view(batch, 1, -1).to(features.dtype)
+        return self.model(head_input, h_a=h_a, h_t=h_t, proprio=proprio)

@@ -1,6 +1,6 @@
 """Batched action prediction: images + instructions + proprio -> un-normalised (B, chunk, action_dim) actions.
 
-The old code supported batch size 1 only; here any batch is padded (right padding, like training) and run at once.
+Any batch size: prompts are right-padded (like training) and the whole batch runs at once.
 """
 
 from __future__ import annotations
@@ -13,9 +13,10 @@ import numpy as np
 import torch
 from transformers import PreTrainedTokenizerBase
 
+from prismatic.models.batch import policy_batch
 from prismatic.models.image_processing import ImageLike, PrismaticImageProcessor
 from prismatic.models.policy import VLAAdapterPolicy
-from prismatic.models.prompting import PromptIdCache, pad_prompts
+from prismatic.models.prompting import PromptIdCache
 from prismatic.vla.normalization import normalize, unnormalize
 
 
@@ -69,21 +70,19 @@ class ActionPredictor:
         if any(len(views) != self.num_images for views in images):
             raise ValueError(f"each sample needs {self.num_images} image(s) (num_images_in_input)")
         robot = self.policy.robot
-        pixel_values = torch.stack([self.processor(list(views)) for views in images]).to(self.device)
-        batch = pad_prompts([self.prompt_ids(text) for text in instructions], self.tokenizer.pad_token_id)
         proprio_t = None
         if self.policy.use_proprio:
             if proprio is None:
                 raise ValueError("this policy uses proprio: pass the robot state for every sample")
             raw = np.asarray(proprio, dtype=np.float32).reshape(len(instructions), robot.proprio_dim)
-            proprio_t = torch.from_numpy(normalize(raw, self.stats["proprio"], robot.normalization)).to(self.device)
+            proprio_t = torch.from_numpy(normalize(raw, self.stats["proprio"], robot.normalization))
+        batch = policy_batch(
+            [self.prompt_ids(text) for text in instructions],
+            self.tokenizer.pad_token_id,
+            torch.stack([self.processor(list(views)) for views in images]),
+            proprio=proprio_t,
+        )
         with self._autocast():
-            out = self.policy(
-                pixel_values=pixel_values,
-                input_ids=batch["input_ids"].to(self.device),
-                attention_mask=batch["attention_mask"].to(self.device),
-                labels=batch["labels"].to(self.device),
-                proprio=proprio_t,
-            )
+            out = self.policy(batch.to(self.device))
         actions = out.actions.float().cpu().numpy()
         return unnormalize(actions, self.stats["action"], robot.normalization)

@@ -50,12 +50,12 @@ class LoRASettings:
 def lora_target_modules(vlm: PrismaticVLM) -> list[str]:
     """Full names of every linear layer LoRA adapts (see the module docstring)."""
     names: list[str] = []
-    for i in range(vlm.num_llm_layers):
+    for layer in range(vlm.num_llm_layers):
         for group, targets in LLM_TARGETS.items():
-            names.extend(f"language_model.model.layers.{i}.{group}.{t}" for t in targets)
+            names.extend(f"language_model.model.layers.{layer}.{group}.{t}" for t in targets)
     for featurizer, used in vlm.vision_backbone.used_blocks().items():
-        for i in range(used):
-            names.extend(f"vision_backbone.{featurizer}.blocks.{i}.{t}" for t in VIT_TARGETS)
+        for block in range(used):
+            names.extend(f"vision_backbone.{featurizer}.blocks.{block}.{t}" for t in VIT_TARGETS)
     names.extend(f"projector.{t}" for t in PROJECTOR_TARGETS)
     modules = dict(vlm.named_modules())
     missing = [n for n in names if not isinstance(modules.get(n), nn.Linear)]

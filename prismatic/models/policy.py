@@ -1,7 +1,7 @@
 """The VLA-Adapter policy: Prismatic VLM + Bridge-Attention action head + proprio projector.
 
-`forward` takes a collated batch (`pixel_values`, `input_ids`, `attention_mask`, `labels`, optional `proprio`) and
-returns normalised action chunks plus the VLM's hidden states, which CRaFT reads its features from.
+`forward` takes a `PolicyBatch` and returns normalised action chunks plus the VLM's hidden states, which CRaFT reads
+its features from.
 """
 
 from __future__ import annotations
@@ -12,8 +12,9 @@ import torch
 from torch import nn
 
 from prismatic.models.action_head import L1RegressionActionHead, ProprioProjector
+from prismatic.models.batch import PolicyBatch
 from prismatic.models.vlm import PrismaticVLM, VLMOutput, action_head_features
-from prismatic.vla.constants import IGNORE_INDEX, LIBERO_CONSTANTS, RobotConstants
+from prismatic.vla.constants import LIBERO_CONSTANTS, RobotConstants
 
 
 @dataclass
@@ -53,25 +54,14 @@ class VLAAdapterPolicy(nn.Module):
     def use_proprio(self) -> bool:
         return self.proprio_projector is not None
 
-    def forward(
-        self,
-        pixel_values: torch.Tensor,
-        input_ids: torch.Tensor,
-        attention_mask: torch.Tensor,
-        labels: torch.Tensor,
-        proprio: torch.Tensor | None = None,
-        noise_seed: int | None = None,
-    ) -> PolicyOutput:
-        vlm_out = self.vlm(
-            pixel_values=pixel_values,
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            query_mask=labels != IGNORE_INDEX,
-        )
+    def forward(self, batch: PolicyBatch, noise_seed: int | None = None) -> PolicyOutput:
+        """Action chunks for `batch`; `noise_seed` seeds the action head's training noise (see the trainer)."""
+        vlm_out = self.vlm(**batch.vlm_inputs())
         proprio_features = None
         if self.proprio_projector is not None:
-            if proprio is None:
+            if batch.proprio is None:
                 raise ValueError("this policy uses proprio (use_proprio=True) but the batch has no `proprio`")
+            proprio = batch.proprio
             proprio_features = self.proprio_projector(
                 proprio.reshape(proprio.shape[0], -1).to(vlm_out.hidden_states[0])
             )

@@ -198,6 +198,37 @@ def preset_from_openvla_config(config: dict[str, Any]) -> VLMPreset:
     )
 
 
+def openvla_config(preset: VLMPreset) -> dict[str, Any]:
+    """OpenVLA-style `config.json` content for `preset`, the inverse of `preset_from_openvla_config` (no `auto_map`:
+    nothing here runs remote code)."""
+    config: dict[str, Any] = {
+        "architectures": ["OpenVLAForActionPrediction"],
+        "model_type": "openvla",
+        "arch_specifier": preset.arch_specifier,
+        "hf_llm_id": "",
+        "image_resize_strategy": preset.image_resize_strategy,
+        "image_sizes": [preset.image_size, preset.image_size],
+        "llm_backbone_id": preset.llm_backbone_id,
+        "llm_max_length": preset.llm_max_length,
+        "n_action_bins": 256,
+        "norm_stats": {},
+        "output_projector_states": False,
+        "pad_to_multiple_of": 64,
+        "pad_token_id": QWEN25_ENDOFTEXT_ID,
+        "text_config": preset.llm.text_config(),
+        "timm_model_ids": [preset.dino.timm_id, preset.siglip.timm_id],
+        "timm_override_act_layers": [None, None],
+        "torch_dtype": "bfloat16",
+        "use_fused_vision_backbone": True,
+        "vision_backbone_id": preset.vision_backbone_id,
+    }
+    if preset.dino.overrides or preset.siglip.overrides:
+        # Extension of this project: timm kwargs that shrink the ViTs (absent for the real architecture).
+        config["timm_model_overrides"] = [dict(preset.dino.overrides), dict(preset.siglip.overrides)]
+        config["preset"] = preset.name
+    return config
+
+
 # Image normalisation of the fused backbone ("resize-naive": resize to 224 bicubic + antialias, ToTensor,
 # Normalize). The DINO values are the bf16-rounded ImageNet statistics the released processor really applies.
 DINO_MEAN = (0.484375, 0.455078125, 0.40625)

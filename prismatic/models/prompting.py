@@ -3,17 +3,14 @@
     <|im_start|>system\\n{SYSTEM}<|im_end|>\\n<|im_start|>user\\nWhat action should the robot take to
     {instruction}?<|im_end|>\\n<|im_start|>assistant\\n
 
-The instruction is lower-cased; the 64 action-query positions follow the prompt (see the batch transform).
+The instruction is lower-cased; the 64 action-query positions follow the prompt (see `prismatic.models.batch`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
-import torch
 from transformers import PreTrainedTokenizerBase
 
-from prismatic.vla.constants import ACTION_QUERY_TOKEN_ID, IGNORE_INDEX, NUM_ACTION_QUERIES
+from prismatic.vla.constants import ACTION_QUERY_TOKEN_ID, NUM_ACTION_QUERIES
 
 QWEN_SYSTEM_PROMPT = "You are Qwen, created by Alibaba Cloud. You are a helpful assistant."
 
@@ -51,21 +48,3 @@ class PromptIdCache:
         if ids is None:
             ids = self._ids[instruction] = vla_prompt_ids(self.tokenizer, instruction)
         return ids
-
-
-def pad_prompts(sequences: Sequence[Sequence[int]], pad_token_id: int) -> dict[str, torch.Tensor]:
-    """Right-pad prompt+query id lists: `input_ids`, `attention_mask`, and `labels` marking the query positions.
-
-    `labels` is IGNORE_INDEX everywhere except the 64 action-query positions (the last 64 real tokens), which is
-    how the model finds where to place the learned queries. Right padding keeps the prompt's first token first.
-    """
-    longest = max(len(s) for s in sequences)
-    input_ids = torch.full((len(sequences), longest), pad_token_id, dtype=torch.long)
-    attention_mask = torch.zeros((len(sequences), longest), dtype=torch.long)
-    labels = torch.full((len(sequences), longest), IGNORE_INDEX, dtype=torch.long)
-    for row, seq in enumerate(sequences):
-        n = len(seq)
-        input_ids[row, :n] = torch.as_tensor(seq, dtype=torch.long)
-        attention_mask[row, :n] = 1
-        labels[row, n - NUM_ACTION_QUERIES : n] = input_ids[row, n - NUM_ACTION_QUERIES : n]
-    return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}

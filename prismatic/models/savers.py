@@ -12,10 +12,11 @@ import yaml
 from peft import PeftModel
 from safetensors.torch import save_file
 
-from prismatic.assets.config_bundle import BUNDLE_FILES, model_config
 from prismatic.models.loaders import PolicySpec
 from prismatic.models.policy import VLAAdapterPolicy
+from prismatic.models.presets import openvla_config
 from prismatic.models.state_dicts import TIED_LM_HEAD, hf_to_native
+from prismatic.models.tokenizer import BUNDLE_FILES
 from prismatic.models.vlm import PrismaticVLM
 from prismatic.util.atomic_io import atomic_write_json, atomic_write_text, staged_directory
 from prismatic.util.checkpoint_io import write_manifest
@@ -51,7 +52,7 @@ def write_policy_files(
     """
     bundle = Path(config_bundle_dir)
     config = json.loads((bundle / "config.json").read_text()) if (bundle / "config.json").is_file() else {}
-    config.update(model_config(policy.base_vlm.preset))
+    config.update(openvla_config(policy.base_vlm.preset))
     config["vla_adapter"] = spec.to_dict()
     atomic_write_json(folder / "config.json", config)
     for name in TOKENIZER_AND_PROCESSOR_FILES:
@@ -75,7 +76,7 @@ def merged_state_dict(vlm: PeftModel) -> dict[str, torch.Tensor]:
     """HF-named weights of a LoRA-wrapped VLM with the adapters folded in, without touching the live model.
 
     Only the adapted weights are materialised anew (W + scale * B @ A); everything else is shared, so this costs
-    far less than copying or re-loading the model (the old code re-loaded the base model on every rank).
+    far less than copying or re-loading the base model.
     """
     base = vlm.get_base_model()
     modules = dict(base.named_modules())

@@ -13,6 +13,20 @@ from pathlib import Path
 import transformers
 from transformers import PreTrainedTokenizerBase
 
+# The files of a config bundle (`--config_file_path`); every checkpoint folder carries them too.
+BUNDLE_FILES = (
+    "config.json",
+    "vocab.json",
+    "merges.txt",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "added_tokens.json",
+    "special_tokens_map.json",
+    "preprocessor_config.json",
+    "processor_config.json",
+    "generation_config.json",
+)
+
 
 def load_tokenizer(folder: str | Path) -> PreTrainedTokenizerBase:
     """Tokenizer of `folder` through the class its `tokenizer_config.json` names; never touches the network."""

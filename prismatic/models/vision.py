@@ -27,8 +27,8 @@ class HFLayerScale(nn.Module):
         super().__init__()
         self.scale_factor = nn.Parameter(gamma.detach().clone())
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x * self.scale_factor
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return hidden * self.scale_factor
 
 
 def create_featurizer(spec: ViTSpec, image_size: int = 224) -> nn.Module:
@@ -85,17 +85,17 @@ class FusedVisionBackbone(nn.Module):
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """(B, 6 * num_images, H, W) -> (B, num_images * 256, dino_dim + siglip_dim)."""
-        b, c, h, w = pixel_values.shape
-        if c != CHANNELS_PER_IMAGE * self.num_images:
+        batch, channels, height, width = pixel_values.shape
+        if channels != CHANNELS_PER_IMAGE * self.num_images:
             raise ValueError(
-                f"pixel_values has {c} channels but the model expects {CHANNELS_PER_IMAGE} per image x "
+                f"pixel_values has {channels} channels but the model expects {CHANNELS_PER_IMAGE} per image x "
                 f"{self.num_images} image(s) (num_images_in_input)"
             )
-        images = pixel_values.reshape(b * self.num_images, CHANNELS_PER_IMAGE, h, w)
+        images = pixel_values.reshape(batch * self.num_images, CHANNELS_PER_IMAGE, height, width)
         dino = self._features(self.featurizer, images[:, :3])
         siglip = self._features(self.fused_featurizer, images[:, 3:])
         patches = torch.cat([dino, siglip], dim=2)  # (B * n, 256, D)
-        return patches.reshape(b, self.num_images * patches.shape[1], patches.shape[2])
+        return patches.reshape(batch, self.num_images * patches.shape[1], patches.shape[2])
 
     def used_blocks(self) -> dict[str, int]:
         """Number of leading blocks whose outputs reach the features (the last block is never used)."""

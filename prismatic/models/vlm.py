@@ -126,19 +126,19 @@ class PrismaticVLM(nn.Module):
         mask = torch.cat([attention_mask[:, :1], patch_mask, attention_mask[:, 1:]], dim=1)
         return sequence, mask
 
-    def _run_until(self, sequence: torch.Tensor, mask: torch.Tensor, k: int) -> tuple[torch.Tensor, ...]:
-        """Embeddings and the outputs of LLM layers 1..k; the forward is cut short after layer k."""
-        if k == 0:
+    def _run_until(self, sequence: torch.Tensor, mask: torch.Tensor, last_layer: int) -> tuple[torch.Tensor, ...]:
+        """Embeddings and the outputs of LLM layers 1..last_layer; the forward is cut short after that layer."""
+        if last_layer == 0:
             return (sequence,)
         layers = self.language_model.model.layers
         captured: list[torch.Tensor] = [sequence]
 
         def keep(_module: nn.Module, _args: object, output: object) -> None:
             captured.append(output[0] if isinstance(output, tuple) else output)
-            if len(captured) == k + 1:
+            if len(captured) == last_layer + 1:
                 raise _StopForwardSignal
 
-        handles = [layers[i].register_forward_hook(keep) for i in range(k)]
+        handles = [layers[i].register_forward_hook(keep) for i in range(last_layer)]
         try:
             self.language_model.model(inputs_embeds=sequence, attention_mask=mask, use_cache=False)
         except _StopForwardSignal:
@@ -171,12 +171,12 @@ class PrismaticVLM(nn.Module):
                 inputs_embeds=sequence, attention_mask=mask, output_hidden_states=True, use_cache=False
             )
             hidden_states = tuple(out.hidden_states)
-        p = patches.shape[1]
+        num_patches = patches.shape[1]
         prompt = attention_mask.bool() & ~query_mask
-        prompt_mm = torch.cat([prompt[:, :1], prompt.new_zeros(prompt.shape[0], p), prompt[:, 1:]], dim=1)
+        prompt_mm = torch.cat([prompt[:, :1], prompt.new_zeros(prompt.shape[0], num_patches), prompt[:, 1:]], dim=1)
         return VLMOutput(
             hidden_states=hidden_states,
-            num_patches=p,
+            num_patches=num_patches,
             query_positions=positions,
             attention_mask=mask,
             prompt_mask=prompt_mm,
@@ -191,8 +191,8 @@ def action_head_features(out: VLMOutput) -> torch.Tensor:
     * ActionQuery features are taken one position early: the last prompt token and the first 63 queries.
     """
     stacked = torch.stack(out.hidden_states, dim=1)  # (B, L+1, S, D)
-    p = out.num_patches
-    raw = stacked[:, :, :p]
-    idx = (p + out.query_positions - 1).view(stacked.shape[0], 1, -1, 1)
+    num_patches = out.num_patches
+    raw = stacked[:, :, :num_patches]
+    idx = (num_patches + out.query_positions - 1).view(stacked.shape[0], 1, -1, 1)
     aq = torch.gather(stacked, 2, idx.expand(-1, stacked.shape[1], -1, stacked.shape[3]))
     return torch.cat([raw, aq], dim=2)

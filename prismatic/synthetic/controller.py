@@ -55,44 +55,44 @@ def axis_angle(rpy: np.ndarray) -> np.ndarray:
     """Axis-angle of Rz(yaw) Ry(pitch) Rx(roll) Rx(pi): the gripper pointing down, as LIBERO reports it."""
     roll, pitch, yaw = rpy
 
-    def rx(a: float) -> np.ndarray:
-        c, s = np.cos(a), np.sin(a)
-        return np.array([[1, 0, 0], [0, c, -s], [0, s, c]])
+    def rx(theta: float) -> np.ndarray:
+        cos_t, sin_t = np.cos(theta), np.sin(theta)
+        return np.array([[1, 0, 0], [0, cos_t, -sin_t], [0, sin_t, cos_t]])
 
-    def ry(a: float) -> np.ndarray:
-        c, s = np.cos(a), np.sin(a)
-        return np.array([[c, 0, s], [0, 1, 0], [-s, 0, c]])
+    def ry(theta: float) -> np.ndarray:
+        cos_t, sin_t = np.cos(theta), np.sin(theta)
+        return np.array([[cos_t, 0, sin_t], [0, 1, 0], [-sin_t, 0, cos_t]])
 
-    def rz(a: float) -> np.ndarray:
-        c, s = np.cos(a), np.sin(a)
-        return np.array([[c, -s, 0], [s, c, 0], [0, 0, 1]])
+    def rz(theta: float) -> np.ndarray:
+        cos_t, sin_t = np.cos(theta), np.sin(theta)
+        return np.array([[cos_t, -sin_t, 0], [sin_t, cos_t, 0], [0, 0, 1]])
 
-    m = rz(yaw) @ ry(pitch) @ rx(roll) @ rx(np.pi)
-    # Rotation matrix -> quaternion (w >= 0) -> axis-angle, robust near 180 degrees.
-    w = np.sqrt(max(0.0, 1 + m[0, 0] + m[1, 1] + m[2, 2])) / 2
-    x = np.copysign(np.sqrt(max(0.0, 1 + m[0, 0] - m[1, 1] - m[2, 2])) / 2, m[2, 1] - m[1, 2])
-    y = np.copysign(np.sqrt(max(0.0, 1 - m[0, 0] + m[1, 1] - m[2, 2])) / 2, m[0, 2] - m[2, 0])
-    z = np.copysign(np.sqrt(max(0.0, 1 - m[0, 0] - m[1, 1] + m[2, 2])) / 2, m[1, 0] - m[0, 1])
-    if abs(w) < 1e-9 and x < 0:  # keep the axis sign stable at exactly 180 degrees
-        x, y, z = -x, -y, -z
-    vec = np.array([x, y, z])
+    rot = rz(yaw) @ ry(pitch) @ rx(roll) @ rx(np.pi)
+    # Rotation matrix -> quaternion (qw >= 0) -> axis-angle, robust near 180 degrees.
+    qw = np.sqrt(max(0.0, 1 + rot[0, 0] + rot[1, 1] + rot[2, 2])) / 2
+    qx = np.copysign(np.sqrt(max(0.0, 1 + rot[0, 0] - rot[1, 1] - rot[2, 2])) / 2, rot[2, 1] - rot[1, 2])
+    qy = np.copysign(np.sqrt(max(0.0, 1 - rot[0, 0] + rot[1, 1] - rot[2, 2])) / 2, rot[0, 2] - rot[2, 0])
+    qz = np.copysign(np.sqrt(max(0.0, 1 - rot[0, 0] - rot[1, 1] + rot[2, 2])) / 2, rot[1, 0] - rot[0, 1])
+    if abs(qw) < 1e-9 and qx < 0:  # keep the axis sign stable at exactly 180 degrees
+        qx, qy, qz = -qx, -qy, -qz
+    vec = np.array([qx, qy, qz])
     norm = np.linalg.norm(vec)
-    angle = 2 * np.arctan2(norm, w)
+    angle = 2 * np.arctan2(norm, qw)
     return vec / norm * angle if norm > 1e-9 else np.zeros(3)
 
 
 def joint_state(robot: RobotState) -> np.ndarray:
     """Seven joint angles of a smooth pseudo inverse kinematics of the end-effector pose."""
-    x, y, z = robot.pos
+    pos_x, pos_y, pos_z = robot.pos
     roll, pitch, yaw = robot.rpy
     return np.array(
         [
-            np.arctan2(y, x + 0.55) + 0.3 * yaw,
-            0.4 + 1.6 * (x + 0.1) - 0.8 * (z - 1.05),
-            0.15 * yaw - 0.5 * y,
-            -2.3 + 2.0 * (x + 0.1) + 1.2 * (z - 1.05),
-            0.6 * roll + 0.2 * y,
-            2.2 - 0.9 * (z - 1.05) + 0.5 * pitch,
+            np.arctan2(pos_y, pos_x + 0.55) + 0.3 * yaw,
+            0.4 + 1.6 * (pos_x + 0.1) - 0.8 * (pos_z - 1.05),
+            0.15 * yaw - 0.5 * pos_y,
+            -2.3 + 2.0 * (pos_x + 0.1) + 1.2 * (pos_z - 1.05),
+            0.6 * roll + 0.2 * pos_y,
+            2.2 - 0.9 * (pos_z - 1.05) + 0.5 * pitch,
             0.78 + yaw + 0.2 * roll,
         ],
         dtype=np.float32,
@@ -123,11 +123,11 @@ class Demonstrator:
     def _travel_z(self, *heights: float) -> float:
         return max(TABLE_Z + 0.20, *(h + 0.07 for h in heights))
 
-    def _grasp_height(self, e: Entity) -> float:
-        return float(np.clip(e.size[2] * 0.6, 0.008, 0.06))
+    def _grasp_height(self, entity: Entity) -> float:
+        return float(np.clip(entity.size[2] * 0.6, 0.008, 0.06))
 
-    def _grasp_yaw(self, e: Entity) -> float | None:
-        return float(e.yaw) if e.shape == "box" else None
+    def _grasp_yaw(self, entity: Entity) -> float | None:
+        return float(entity.yaw) if entity.shape == "box" else None
 
     def _pick_place(self, skill: Skill) -> Iterator[Segment]:
         obj = self.scene[skill.obj]
@@ -148,8 +148,8 @@ class Demonstrator:
         yield Segment(np.array([*dest_xy, travel]))
         yield Segment(np.array([*dest_xy, dest_z + grasp_h + 0.01]))
 
-        def drop(r: RobotState) -> None:
-            r.held = None
+        def drop(robot: RobotState) -> None:
+            robot.held = None
             obj.pos[:] = [dest_xy[0], dest_xy[1], dest_z]
 
         yield Segment(hold=5, close=False, on_start=drop)
@@ -198,19 +198,19 @@ class Demonstrator:
             yield from handlers[skill.kind](skill)
 
     # -- simulation ----------------------------------------------------------------------------------------
-    def _attach(self, robot: RobotState, e: Entity, mode: str) -> None:
-        ref = np.array([e.drawer_opening, 0.0, 0.0]) if mode == "drawer" else e.pos
-        robot.held = (e, mode, ref - robot.pos)
+    def _attach(self, robot: RobotState, entity: Entity, mode: str) -> None:
+        ref = np.array([entity.drawer_opening, 0.0, 0.0]) if mode == "drawer" else entity.pos
+        robot.held = (entity, mode, ref - robot.pos)
 
     def _control(self, seg: Segment, hold_pos: np.ndarray) -> tuple[np.ndarray, bool]:
-        r = self.robot
+        robot = self.robot
         target = hold_pos if seg.target is None else seg.target
-        err = target - r.pos
+        err = target - robot.pos
         a_pos = np.clip(0.7 * err / POS_SCALE, -MAX_POS_ACTION, MAX_POS_ACTION)
-        a_rot = np.clip(0.5 * (0.0 - r.rpy) / ROT_SCALE, -MAX_ROT_ACTION, MAX_ROT_ACTION)
+        a_rot = np.clip(0.5 * (0.0 - robot.rpy) / ROT_SCALE, -MAX_ROT_ACTION, MAX_ROT_ACTION)
         yaw_ok = True
         if seg.yaw is not None:
-            yaw_err = (seg.yaw - r.rpy[2] + np.pi) % (2 * np.pi) - np.pi
+            yaw_err = (seg.yaw - robot.rpy[2] + np.pi) % (2 * np.pi) - np.pi
             a_rot[2] = np.clip(0.7 * yaw_err / ROT_SCALE, -MAX_ROT_ACTION, MAX_ROT_ACTION)
             yaw_ok = abs(yaw_err) < 0.04
         else:
@@ -219,36 +219,36 @@ class Demonstrator:
         return np.concatenate([a_pos, a_rot]), reached
 
     def _apply(self, action: np.ndarray) -> None:
-        r = self.robot
-        r.pos = r.pos + POS_SCALE * action[:3]
-        r.pos[2] = max(r.pos[2], TABLE_Z + 0.005)
-        r.rpy = r.rpy + ROT_SCALE * action[3:6]
+        robot = self.robot
+        robot.pos = robot.pos + POS_SCALE * action[:3]
+        robot.pos[2] = max(robot.pos[2], TABLE_Z + 0.005)
+        robot.rpy = robot.rpy + ROT_SCALE * action[3:6]
         closed = action[6] > 0
-        if r.held is not None and r.held[1] == "carry":
+        if robot.held is not None and robot.held[1] == "carry":
             # Fingers stop on the object (a bowl is grasped by its rim), clearly short of fully open.
-            goal = float(np.clip(min(r.held[0].size[:2]) * 0.6, 0.008, 0.025))
+            goal = float(np.clip(min(robot.held[0].size[:2]) * 0.6, 0.008, 0.025))
         else:
             goal = 0.0 if closed else FINGER_OPEN
-        r.finger = float(np.clip(goal, r.finger - FINGER_SPEED, r.finger + FINGER_SPEED))
-        if r.held is not None:
-            e, mode, offset = r.held
+        robot.finger = float(np.clip(goal, robot.finger - FINGER_SPEED, robot.finger + FINGER_SPEED))
+        if robot.held is not None:
+            held_entity, mode, offset = robot.held
             if mode == "carry":
-                e.pos[:] = r.pos + offset
+                held_entity.pos[:] = robot.pos + offset
             elif mode == "slide":
-                e.pos[:2] = r.pos[:2] + offset[:2]
+                held_entity.pos[:2] = robot.pos[:2] + offset[:2]
             else:  # drawer: opening follows the hand along x
-                e.drawer_opening = float(np.clip(r.pos[0] + offset[0], 0.0, 0.14))
+                held_entity.drawer_opening = float(np.clip(robot.pos[0] + offset[0], 0.0, 0.14))
 
     def run(self, observe: Callable[[RobotState, dict[str, Entity]], None]) -> EpisodeRecorder:
         """Execute every segment; `observe` is called with the state that each recorded action acts on."""
         rec = EpisodeRecorder()
-        r = self.robot
+        robot = self.robot
         for seg in self.segments():
             if seg.close is not None:
-                r.gripper_closed = seg.close
+                robot.gripper_closed = seg.close
             if seg.on_start is not None:
-                seg.on_start(r)
-            hold_pos = r.pos.copy()
+                seg.on_start(robot)
+            hold_pos = robot.pos.copy()
             for step in range(MAX_SEGMENT_STEPS):
                 control, reached = self._control(seg, hold_pos)
                 if seg.target is not None and reached:
@@ -256,16 +256,16 @@ class Demonstrator:
                 if seg.target is None and step >= seg.hold:
                     break
                 self._noise = 0.75 * self._noise + self.rng.normal(0, [0.04, 0.04, 0.04, 0.01, 0.01, 0.01])
-                action = np.concatenate([control + self._noise, [1.0 if r.gripper_closed else -1.0]])
+                action = np.concatenate([control + self._noise, [1.0 if robot.gripper_closed else -1.0]])
                 action[:3] = np.clip(action[:3], -MAX_POS_ACTION, MAX_POS_ACTION)
                 action[3:6] = np.clip(action[3:6], -MAX_ROT_ACTION, MAX_ROT_ACTION)
-                observe(r, self.scene)
-                rec.states.append(r.proprio())
-                rec.joints.append(joint_state(r))
+                observe(robot, self.scene)
+                rec.states.append(robot.proprio())
+                rec.joints.append(joint_state(robot))
                 rec.actions.append(action.astype(np.float32))
                 self._apply(action)
             else:
                 raise RuntimeError(f"segment did not converge in {MAX_SEGMENT_STEPS} steps: {seg}")
             if seg.on_end is not None:
-                seg.on_end(r)
+                seg.on_end(robot)
         return rec

@@ -71,24 +71,24 @@ def generate_episode(req: EpisodeRequest) -> dict[str, Any]:
         wrist_images.append(encode_jpeg(wrist, req.jpeg_quality))
 
     rec = Demonstrator(task, scene, rng).run(observe)
-    n = len(rec.actions)
+    num_steps = len(rec.actions)
     steps = [
         {
             "observation": {
-                "image": images[t],
-                "wrist_image": wrist_images[t],
-                "state": rec.states[t],
-                "joint_state": rec.joints[t],
+                "image": images[step],
+                "wrist_image": wrist_images[step],
+                "state": rec.states[step],
+                "joint_state": rec.joints[step],
             },
-            "action": rec.actions[t],
+            "action": rec.actions[step],
             "discount": np.float32(1.0),
-            "reward": np.float32(1.0 if t == n - 1 else 0.0),
-            "is_first": t == 0,
-            "is_last": t == n - 1,
-            "is_terminal": t == n - 1,
+            "reward": np.float32(1.0 if step == num_steps - 1 else 0.0),
+            "is_first": step == 0,
+            "is_last": step == num_steps - 1,
+            "is_terminal": step == num_steps - 1,
             "language_instruction": task.instruction,
         }
-        for t in range(n)
+        for step in range(num_steps)
     ]
     suite = req.dataset_name.removesuffix("_no_noops")
     file_path = f"/synthetic_libero/{suite}/{task_slug(task.instruction)}_demo.hdf5"

@@ -61,9 +61,9 @@ WRIST_CAMERA_HEIGHT = 0.08  # metres above the fingertips
 
 def wrist_camera(eef_pos: np.ndarray, yaw: float) -> Camera:
     """Camera on the hand looking straight down; image 'up' is the gripper's approach direction (rotates with yaw)."""
-    c, s = np.cos(yaw), np.sin(yaw)
-    approach = np.array([c, s, 0.0])  # shown as image "up"
-    right = np.array([s, -c, 0.0])  # = (-approach) x forward, keeps the frame right-handed
+    cos_yaw, sin_yaw = np.cos(yaw), np.sin(yaw)
+    approach = np.array([cos_yaw, sin_yaw, 0.0])  # shown as image "up"
+    right = np.array([sin_yaw, -cos_yaw, 0.0])  # = (-approach) x forward, keeps the frame right-handed
     forward = np.array([0.0, 0.0, -1.0])
     origin = np.asarray(eef_pos, dtype=np.float64) + np.array([0.0, 0.0, WRIST_CAMERA_HEIGHT])
     return Camera(origin=origin, rotation=np.stack([right, -approach, forward]), focal=WRIST_FOCAL)
@@ -71,8 +71,8 @@ def wrist_camera(eef_pos: np.ndarray, yaw: float) -> Camera:
 
 def make_table_texture(rng: np.random.Generator, lighting: float) -> Image.Image:
     """Wood-like table texture covering [-0.5, 0.5]^2 metres (row = world x, column = world y); varies per episode."""
-    n = int(2 * _TABLE_HALF_EXTENT / _TEXTURE_RES)
-    xs = np.linspace(-_TABLE_HALF_EXTENT, _TABLE_HALF_EXTENT, n, dtype=np.float32)
+    num_texels = int(2 * _TABLE_HALF_EXTENT / _TEXTURE_RES)
+    xs = np.linspace(-_TABLE_HALF_EXTENT, _TABLE_HALF_EXTENT, num_texels, dtype=np.float32)
     gx, gy = np.meshgrid(xs, xs, indexing="ij")
     phase = rng.uniform(0, 2 * np.pi)
     grain = 0.07 * np.sin(2 * np.pi * gx / 0.045 + 2.5 * np.sin(2 * np.pi * gy / 0.37 + phase))
@@ -90,28 +90,38 @@ def render_background(camera: Camera, texture: Image.Image, wall_color: RGB) -> 
     if abs(camera.rotation[2, 2] + 1.0) < 1e-9:
         # Looking straight down: the table is an affine image of the texture; let PIL resample it.
         depth = camera.origin[2] - TABLE_Z
-        k = depth / camera.focal / _TEXTURE_RES
+        scale = depth / camera.focal / _TEXTURE_RES  # texels per output pixel
         right, down = camera.rotation[0], camera.rotation[1]
         off = _TABLE_HALF_EXTENT / _TEXTURE_RES
         # output pixel (u, v) -> world (x, y) -> texel (column = y, row = x)
-        col = (k * right[1], k * down[1], (camera.origin[1]) / _TEXTURE_RES + off - k * size / 2 * (right[1] + down[1]))
-        row = (k * right[0], k * down[0], (camera.origin[0]) / _TEXTURE_RES + off - k * size / 2 * (right[0] + down[0]))
+        col = (
+            scale * right[1],
+            scale * down[1],
+            (camera.origin[1]) / _TEXTURE_RES + off - scale * size / 2 * (right[1] + down[1]),
+        )
+        row = (
+            scale * right[0],
+            scale * down[0],
+            (camera.origin[0]) / _TEXTURE_RES + off - scale * size / 2 * (right[0] + down[0]),
+        )
         return texture.transform((size, size), Image.AFFINE, (*col, *row), resample=Image.NEAREST, fillcolor=wall_color)
-    v, u = np.mgrid[0:size, 0:size].astype(np.float32)
-    dirs_cam = np.stack([(u - size / 2) / camera.focal, (v - size / 2) / camera.focal, np.ones_like(u)], axis=-1)
+    pixel_v, pixel_u = np.mgrid[0:size, 0:size].astype(np.float32)
+    dirs_cam = np.stack(
+        [(pixel_u - size / 2) / camera.focal, (pixel_v - size / 2) / camera.focal, np.ones_like(pixel_u)], axis=-1
+    )
     dirs = dirs_cam @ camera.rotation.astype(np.float32)  # camera -> world
     dz = dirs[..., 2]
     with np.errstate(divide="ignore", invalid="ignore"):
-        t = (TABLE_Z - camera.origin[2]) / dz
-    wx = camera.origin[0] + t * dirs[..., 0]
-    wy = camera.origin[1] + t * dirs[..., 1]
-    hit = (dz < -1e-6) & (t > 0) & (np.abs(wx) < _TABLE_HALF_EXTENT) & (np.abs(wy) < _TABLE_HALF_EXTENT)
+        ray_dist = (TABLE_Z - camera.origin[2]) / dz
+    wx = camera.origin[0] + ray_dist * dirs[..., 0]
+    wy = camera.origin[1] + ray_dist * dirs[..., 1]
+    hit = (dz < -1e-6) & (ray_dist > 0) & (np.abs(wx) < _TABLE_HALF_EXTENT) & (np.abs(wy) < _TABLE_HALF_EXTENT)
     tex = np.asarray(texture)
-    n = tex.shape[0]
+    tex_size = tex.shape[0]
     img = np.empty((size, size, 3), dtype=np.uint8)
     img[:] = wall_color
-    ix = np.clip(((wx[hit] + _TABLE_HALF_EXTENT) / _TEXTURE_RES).astype(np.int32), 0, n - 1)
-    iy = np.clip(((wy[hit] + _TABLE_HALF_EXTENT) / _TEXTURE_RES).astype(np.int32), 0, n - 1)
+    ix = np.clip(((wx[hit] + _TABLE_HALF_EXTENT) / _TEXTURE_RES).astype(np.int32), 0, tex_size - 1)
+    iy = np.clip(((wy[hit] + _TABLE_HALF_EXTENT) / _TEXTURE_RES).astype(np.int32), 0, tex_size - 1)
     img[hit] = tex[ix, iy]
     return Image.fromarray(img)
 
@@ -125,18 +135,20 @@ def _polygon(draw: ImageDraw.ImageDraw, uv: np.ndarray, fill: RGB | tuple[int, i
 
 
 def _box_corners(pos: np.ndarray, half: tuple[float, float], yaw: float, z0: float, z1: float) -> np.ndarray:
-    c, s = np.cos(yaw), np.sin(yaw)
+    cos_yaw, sin_yaw = np.cos(yaw), np.sin(yaw)
     hx, hy = half
     corners = []
-    for z in (z0, z1):
+    for corner_z in (z0, z1):
         for dx, dy in ((-hx, -hy), (hx, -hy), (hx, hy), (-hx, hy)):
-            corners.append([pos[0] + c * dx - s * dy, pos[1] + s * dx + c * dy, z])
+            corners.append([pos[0] + cos_yaw * dx - sin_yaw * dy, pos[1] + sin_yaw * dx + cos_yaw * dy, corner_z])
     return np.array(corners)
 
 
-def _ring(x: float, y: float, z: float, r: float) -> np.ndarray:
+def _ring(center_x: float, center_y: float, height: float, radius: float) -> np.ndarray:
     ang = np.linspace(0, 2 * np.pi, _RING_POINTS, endpoint=False)
-    return np.stack([x + r * np.cos(ang), y + r * np.sin(ang), np.full(_RING_POINTS, z)], axis=1)
+    return np.stack(
+        [center_x + radius * np.cos(ang), center_y + radius * np.sin(ang), np.full(_RING_POINTS, height)], axis=1
+    )
 
 
 def _draw_prism(
@@ -146,42 +158,45 @@ def _draw_prism(
 
     The union of the projected side quads is the prism's silhouette, so no hull computation is needed.
     """
-    n = len(bottom)
+    num_sides = len(bottom)
     uv, _ = camera.project(np.concatenate([bottom, top]))
-    lo, hi = uv[:n], uv[n:]
+    lo, hi = uv[:num_sides], uv[num_sides:]
     _polygon(draw, lo, side)
-    for i in range(n):
-        j = (i + 1) % n
-        _polygon(draw, np.array([lo[i], lo[j], hi[j], hi[i]]), side)
+    for idx in range(num_sides):
+        next_idx = (idx + 1) % num_sides
+        _polygon(draw, np.array([lo[idx], lo[next_idx], hi[next_idx], hi[idx]]), side)
     _polygon(draw, hi, cap)
 
 
-def draw_entity(draw: ImageDraw.ImageDraw, camera: Camera, e: Entity, lighting: float) -> None:
+def draw_entity(draw: ImageDraw.ImageDraw, camera: Camera, entity: Entity, lighting: float) -> None:
     """Draw one box or cylinder: darker sides, lit top face, optional accent on the top."""
-    color = _shade(e.color, lighting)
-    accent = None if e.accent is None else _shade(_ACTIVE_ACCENT if e.active else e.accent, lighting)
-    z0, z1 = e.pos[2], e.pos[2] + e.size[2]
-    if e.shape == "box":
-        half = (e.size[0], e.size[1])
-        corners = _box_corners(e.pos, half, e.yaw, z0, z1)
+    color = _shade(entity.color, lighting)
+    accent = None if entity.accent is None else _shade(_ACTIVE_ACCENT if entity.active else entity.accent, lighting)
+    z0, z1 = entity.pos[2], entity.pos[2] + entity.size[2]
+    if entity.shape == "box":
+        half = (entity.size[0], entity.size[1])
+        corners = _box_corners(entity.pos, half, entity.yaw, z0, z1)
         _draw_prism(draw, camera, corners[:4], corners[4:], _shade(color, 0.62), color)
         if accent is not None:
-            inner = _box_corners(e.pos, (half[0] * 0.7, half[1] * 0.7), e.yaw, z1, z1)[4:]
+            inner = _box_corners(entity.pos, (half[0] * 0.7, half[1] * 0.7), entity.yaw, z1, z1)[4:]
             _polygon(draw, camera.project(inner)[0], accent)
     else:
-        r = e.size[0]
-        ring_lo, ring_hi = _ring(e.pos[0], e.pos[1], z0, r), _ring(e.pos[0], e.pos[1], z1, r)
+        radius = entity.size[0]
+        ring_lo, ring_hi = (
+            _ring(entity.pos[0], entity.pos[1], z0, radius),
+            _ring(entity.pos[0], entity.pos[1], z1, radius),
+        )
         _draw_prism(draw, camera, ring_lo, ring_hi, _shade(color, 0.62), color)
         if accent is not None:
-            _polygon(draw, camera.project(_ring(e.pos[0], e.pos[1], z1, r * 0.62))[0], accent)
-    if e.drawer_opening > 0.0:
+            _polygon(draw, camera.project(_ring(entity.pos[0], entity.pos[1], z1, radius * 0.62))[0], accent)
+    if entity.drawer_opening > 0.0:
         # An opened drawer slides out of the cabinet's front face (+x) at mid height.
         drawer = Entity(
-            e.name + "/drawer",
+            entity.name + "/drawer",
             "box",
             (120, 85, 55),
-            (e.drawer_opening / 2, e.size[1] * 0.8, e.size[2] * 0.3),
-            e.pos + np.array([e.size[0] + e.drawer_opening / 2, 0.0, e.size[2] * 0.35]),
+            (entity.drawer_opening / 2, entity.size[1] * 0.8, entity.size[2] * 0.3),
+            entity.pos + np.array([entity.size[0] + entity.drawer_opening / 2, 0.0, entity.size[2] * 0.35]),
             0.0,
             accent=(70, 50, 35),
         )
@@ -193,8 +208,8 @@ def draw_gripper(
 ) -> None:
     """Third-person view of the gripper: a shadow on the table, the wrist link, the palm and two fingers."""
     _polygon(draw, camera.project(_ring(eef[0], eef[1], TABLE_Z + 0.001, 0.035))[0], (0, 0, 0, 90))
-    c, s = np.cos(yaw), np.sin(yaw)
-    across = np.array([-s, c, 0.0])
+    cos_yaw, sin_yaw = np.cos(yaw), np.sin(yaw)
+    across = np.array([-sin_yaw, cos_yaw, 0.0])
     up = np.array([0.0, 0.0, 1.0])
 
     def slab(center: np.ndarray, half_width: float, z0: float, z1: float, color: RGB) -> None:
@@ -238,20 +253,20 @@ def render_scene(
     img = background.copy()
     draw = ImageDraw.Draw(img, "RGBA")
     drawables: list[tuple[float, Entity | None]] = []
-    for e in entities:
-        top = e.pos + np.array([0.0, 0.0, e.size[2]])
+    for entity in entities:
+        top = entity.pos + np.array([0.0, 0.0, entity.size[2]])
         _, depth = camera.project(top[None])
         if (top - camera.origin) @ camera.rotation[2] > 0.02:  # in front of the camera
-            drawables.append((float(depth[0]), e))
+            drawables.append((float(depth[0]), entity))
     if gripper is not None:
         _, depth = camera.project(gripper[0][None])
         drawables.append((float(depth[0]) - 0.03, None))
-    for _, e in sorted(drawables, key=lambda d: -d[0]):
-        if e is None:
+    for _, entity in sorted(drawables, key=lambda d: -d[0]):
+        if entity is None:
             assert gripper is not None
             draw_gripper(draw, camera, gripper[0], gripper[1], gripper[2], lighting)
         else:
-            draw_entity(draw, camera, e, lighting)
+            draw_entity(draw, camera, entity, lighting)
     if wrist_finger_gap is not None:
         draw_wrist_fingers(draw, camera.size, wrist_finger_gap)
     return np.asarray(img)

@@ -166,8 +166,8 @@ def _spatial_tasks() -> list[TaskSpec]:
 
 def _object_tasks() -> list[TaskSpec]:
     tasks = []
-    for i, item in enumerate(GROCERIES):
-        others = [GROCERIES[(i + k) % len(GROCERIES)] for k in (3, 5, 7)]
+    for item_index, item in enumerate(GROCERIES):
+        others = [GROCERIES[(item_index + k) % len(GROCERIES)] for k in (3, 5, 7)]
         tasks.append(
             TaskSpec(
                 instruction=f"pick up the {item} and place it in the basket",
@@ -330,7 +330,7 @@ def _try_place(
     base = name.removeprefix("other ")
     radius = max(CATALOG[base][2][:2])
     yaw = float(rng.uniform(-0.5, 0.5)) if CATALOG[base][0] == "box" else 0.0
-    z = TABLE_Z
+    base_z = TABLE_Z
     if placement.kind in ("free", "region", "center"):
         if placement.kind == "center":
             x0, x1, y0, y1 = -0.04, 0.04, -0.05, 0.05
@@ -344,18 +344,18 @@ def _try_place(
         ang = rng.uniform(0, 2 * np.pi)
         xy = ref.pos[:2] + (ref.radius + radius + 0.035) * np.array([np.cos(ang), np.sin(ang)])
     elif placement.kind == "between":
-        a, b = scene[placement.ref], scene[placement.ref2]
-        if np.linalg.norm(a.pos[:2] - b.pos[:2]) < a.radius + b.radius + 2 * radius + 0.02:
+        first, second = scene[placement.ref], scene[placement.ref2]
+        if np.linalg.norm(first.pos[:2] - second.pos[:2]) < first.radius + second.radius + 2 * radius + 0.02:
             return None
-        xy = (a.pos[:2] + b.pos[:2]) / 2
+        xy = (first.pos[:2] + second.pos[:2]) / 2
     elif placement.kind == "on":
         ref = scene[placement.ref]
-        xy, z, yaw = ref.pos[:2].copy(), ref.top_z, yaw
+        xy, base_z, yaw = ref.pos[:2].copy(), ref.top_z, yaw
     elif placement.kind == "in_drawer":
         ref = scene[placement.ref]
         ref.drawer_opening = drawers.get(placement.ref, 0.09)
         interior = drawer_interior(ref)
-        xy, z = interior[:2], interior[2]
+        xy, base_z = interior[:2], interior[2]
     else:
         raise ValueError(f"unknown placement kind {placement.kind!r}")
     if not (TABLE_X[0] - 0.05 <= xy[0] <= TABLE_X[1] + 0.05 and TABLE_Y[0] <= xy[1] <= TABLE_Y[1]):
@@ -364,4 +364,4 @@ def _try_place(
         for other in scene.values():
             if np.linalg.norm(other.pos[:2] - xy) < other.radius + radius + 0.02:
                 return None
-    return make_entity(name, np.array([xy[0], xy[1], z]), yaw)
+    return make_entity(name, np.array([xy[0], xy[1], base_z]), yaw)

@@ -9,6 +9,7 @@ change the run is refused unless allowed: see `prismatic/training/resume.py`).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import io
 import re
 import tempfile
@@ -19,14 +20,17 @@ from typing import Any
 import draccus
 import yaml
 
-from craft import CRaFTConfig
+from craft import CRaFTConfig, CRaFTConfigError
 from prismatic.util.atomic_io import atomic_write_text
 from prismatic.util.checkpoint_io import verify_manifest
 from prismatic.util.cli import UserInputError, check_finite_floats, parse_cli
 from prismatic.util.wandb_settings import WandbSettings, resolve_wandb_settings
 from prismatic.vla.datasets.registry import resolve_mixture
+from prismatic.vla.datasets.rlds.stream import StreamConfig
 
 CONFIG_SNAPSHOT = "finetune_config.yaml"
+CRAFT_DEFAULTS = CRaFTConfig()
+CRAFT_FLAG_PREFIX = "craft_"
 
 
 @dataclass
@@ -70,18 +74,18 @@ class FinetuneConfig:
     max_update_ratio: float | None = 1.0    # skip an update larger than this x the weights' norm (None: no limit)
     seed: int = 7
 
-    # -- CRaFT ----------------------------------------------------------------------------------------------------
+    # -- CRaFT: `--craft_<field>` for every field of craft.CRaFTConfig, its defaults (a test checks the mapping) ----
     use_craft: bool = False
-    craft_retention_budget: float = 0.1
-    craft_dual_lr: float = 0.01
-    craft_enable_projection: bool = True
-    craft_enable_dual: bool = True
-    craft_fixed_lambda: float = 0.1
-    craft_initial_lambda: float = 0.0
-    craft_anchor_type: str = "concat"       # concat | aq_only | raw_only
-    craft_anchor_layer_idx: int | None = None  # None = middle layer; negative = from the end
-    craft_cr_token_mode: str = "vision_only"   # vision_only | vision_plus_prompt
-    craft_projection_delta: float = 1e-8
+    craft_retention_budget: float = CRAFT_DEFAULTS.retention_budget   # epsilon, the allowed drift L_ret
+    craft_dual_lr: float = CRAFT_DEFAULTS.dual_lr                     # eta, the dual ascent step
+    craft_enable_projection: bool = CRAFT_DEFAULTS.enable_projection  # conflict-aware gradient projection
+    craft_enable_dual: bool = CRAFT_DEFAULTS.enable_dual              # adaptive lambda (False: fixed lambda)
+    craft_fixed_lambda: float = CRAFT_DEFAULTS.fixed_lambda           # lambda when the dual update is off
+    craft_initial_lambda: float = CRAFT_DEFAULTS.initial_lambda
+    craft_anchor_type: str = CRAFT_DEFAULTS.anchor_type               # concat | aq_only | raw_only
+    craft_anchor_layer_idx: int | None = CRAFT_DEFAULTS.anchor_layer_idx  # None = middle layer; negative = from end
+    craft_cr_token_mode: str = CRAFT_DEFAULTS.cr_token_mode           # vision_only | vision_plus_prompt
+    craft_projection_delta: float = CRAFT_DEFAULTS.projection_delta
     craft_measure_freq: int = 0             # baseline runs: measure CRaFT diagnostics every N steps (0 = never)
 
     # -- logging --------------------------------------------------------------------------------------------------
@@ -108,17 +112,37 @@ class FinetuneConfig:
 
     # ---------------------------------------------------------------------------------------------------------------
     def craft_config(self) -> CRaFTConfig:
-        return CRaFTConfig(
-            retention_budget=self.craft_retention_budget,
-            dual_lr=self.craft_dual_lr,
-            enable_projection=self.craft_enable_projection,
-            enable_dual=self.craft_enable_dual,
-            fixed_lambda=self.craft_fixed_lambda,
-            initial_lambda=self.craft_initial_lambda,
-            anchor_type=self.craft_anchor_type,
-            anchor_layer_idx=self.craft_anchor_layer_idx,
-            cr_token_mode=self.craft_cr_token_mode,
-            projection_delta=self.craft_projection_delta,
+        """The `--craft_*` flags as a `CRaFTConfig`; a bad value is reported with its flag name."""
+        try:
+            return CRaFTConfig(
+                **{
+                    field.name: getattr(self, CRAFT_FLAG_PREFIX + field.name)
+                    for field in dataclasses.fields(CRaFTConfig)
+                }
+            )
+        except CRaFTConfigError as err:
+            raise craft_flag_error(err) from err
+
+    def stream_config(
+        self, rank: int = 0, world_size: int = 1, start_step: int = 0, statistics: dict[str, Any] | None = None
+    ) -> StreamConfig:
+        """This process's training stream, positioned after the samples of `start_step` optimizer steps."""
+        return StreamConfig(
+            data_root_dir=Path(self.data_root_dir),
+            dataset_name=self.dataset_name,
+            num_images=self.num_images_in_input,
+            train=True,
+            image_aug=self.image_aug,
+            shuffle_buffer_size=self.shuffle_buffer_size,
+            shuffle_buffer_ram_gb=self.shuffle_buffer_ram_gb,
+            seed=self.seed,
+            rank=rank,
+            world_size=world_size,
+            sharding=self.data_sharding,
+            start_sample=start_step * self.batch_size * self.grad_accumulation_steps,
+            n_shot_episodes=self.n_shot_episodes,
+            heldout_episode_fraction=self.heldout_episode_fraction,
+            statistics=statistics,
         )
 
     def run_id(self) -> str:
@@ -169,8 +193,6 @@ class FinetuneConfig:
             "--lora_rank": self.lora_rank,
             "--max_nonfinite_steps": self.max_nonfinite_steps,
             "--num_steps_before_decay": self.num_steps_before_decay,
-            "--shuffle_buffer_size": self.shuffle_buffer_size,
-            "--n_shot_episodes": self.n_shot_episodes,
             "--keep_last_n_checkpoints": self.keep_last_n_checkpoints,
         }
         for flag, value in at_least_one.items():
@@ -178,7 +200,6 @@ class FinetuneConfig:
                 raise ValueError(f"{flag} must be >= 1 (got {value})")
         positive = {
             "--learning_rate": self.learning_rate,
-            "--shuffle_buffer_ram_gb": self.shuffle_buffer_ram_gb,
             "--max_grad_norm": self.max_grad_norm,
             "--max_update_ratio": self.max_update_ratio,
         }
@@ -188,18 +209,12 @@ class FinetuneConfig:
         for flag, value in (("--weight_decay", self.weight_decay), ("--lr_warmup_steps", self.lr_warmup_steps)):
             if value < 0:
                 raise ValueError(f"{flag} must be >= 0 (got {value})")
-        for flag, value in (
-            ("--lora_dropout", self.lora_dropout),
-            ("--heldout_episode_fraction", self.heldout_episode_fraction),
-        ):
-            if not 0 <= value < 1:
-                raise ValueError(f"{flag} must be in [0, 1) (got {value})")
+        if not 0 <= self.lora_dropout < 1:
+            raise ValueError(f"--lora_dropout must be in [0, 1) (got {self.lora_dropout})")
         if self.num_images_in_input not in (1, 2):
             raise ValueError(f"--num_images_in_input must be 1 or 2 for LIBERO (got {self.num_images_in_input})")
         if self.craft_measure_freq < 0:
             raise ValueError(f"--craft_measure_freq must be >= 0 (got {self.craft_measure_freq})")
-        if self.data_sharding not in ("episodes", "samples"):
-            raise ValueError(f"--data_sharding must be episodes or samples (got {self.data_sharding!r})")
         if self.save_latest_checkpoint_only and self.keep_last_n_checkpoints not in (None, 1):
             raise ValueError(
                 f"--save_latest_checkpoint_only True keeps one checkpoint but --keep_last_n_checkpoints is "
@@ -211,7 +226,8 @@ class FinetuneConfig:
                     f"{flag} {value!r}: use letters, digits and . _ - + = only (it names a folder under --run_root_dir)"
                 )
         resolve_mixture(self.dataset_name)  # an unknown dataset fails here, with the registered names
-        self.craft_config().validate()
+        self.stream_config().validate()  # the data flags
+        self.craft_config()  # the CRaFT flags
         self.wandb_settings(Path(self.run_root_dir))
         self._validate_paths()
         if self.resume and self.resum_vla_path is None:
@@ -286,3 +302,8 @@ def config_snapshot_text(cfg: FinetuneConfig) -> str:
 
 def save_config_snapshot(cfg: FinetuneConfig, path: Path) -> None:
     atomic_write_text(path, config_snapshot_text(cfg))
+
+
+def craft_flag_error(err: CRaFTConfigError) -> ValueError:
+    """A CRaFT config error in terms of this command line (`--craft_<field>`)."""
+    return ValueError(f"--{CRAFT_FLAG_PREFIX}{err.field} {err.reason}")

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-R = TypeVar("R")
+Result = TypeVar("Result")
 
 
 @dataclass(frozen=True)
@@ -75,7 +75,9 @@ def broadcast_object(obj: Any, ctx: DistContext) -> Any:
     return box[0]
 
 
-def on_main(fn: Callable[[], R], ctx: DistContext, errors: tuple[type[BaseException], ...] = (Exception,)) -> R:
+def on_main(
+    fn: Callable[[], Result], ctx: DistContext, errors: tuple[type[BaseException], ...] = (Exception,)
+) -> Result:
     """Run `fn` on rank 0 only and give every rank its result, or make every rank raise its error: a check that
     fails on rank 0 then stops all processes with the same message instead of leaving the others waiting."""
     result: Any = None

@@ -7,7 +7,7 @@ import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from tqdm import tqdm
 
@@ -15,6 +15,9 @@ from prismatic.util.atomic_io import atomic_write_text
 from prismatic.util.benchmarking import peak_resident_memory_gb
 from prismatic.util.cli import UserInputError
 from prismatic.util.wandb_settings import WandbSettings
+
+if TYPE_CHECKING:
+    from craft import CRaFTStepStats
 
 # WandB / metrics.jsonl keys, exactly as the user's guide names them.
 LOSS = "VLA Train/Loss"
@@ -34,6 +37,10 @@ LAMBDA = "CRaFT/Lambda"
 LAMBDA_BEFORE = "CRaFT/Lambda Before"
 LAMBDA_AFTER = "CRaFT/Lambda After"
 CONFLICT = "CRaFT/Conflict Ratio"
+NUM_CONFLICTING = "CRaFT/Num Conflicting"
+NUM_BOTH = "CRaFT/Num Both"
+ACT_GRAD_NORM = "CRaFT/Action Grad Norm"
+RET_GRAD_NORM = "CRaFT/Retention Grad Norm"
 GUIDE_METRICS = (
     LOSS,
     CURR_L1,
@@ -52,6 +59,24 @@ METRICS_FILE = "metrics.jsonl"
 PROGRESS_LOG = "train_progress.log"
 # A progress-log line that belongs to a step: `Step 12/100 | ...` or `[finetune] step 12: ...`.
 _STEP_LINE = re.compile(r"^(?:Step (\d+)/|\[[\w-]+\] step (\d+):)")
+
+
+def craft_metrics(stats: CRaFTStepStats, update_taken: bool = True) -> dict[str, float]:
+    """The guide's `CRaFT/...` keys of a step's CRaFT statistics. On a skipped step lambda did not move, so both
+    `Lambda` and `Lambda After` (the guide names the same value twice) report the lambda before."""
+    lambda_after = stats.lambda_after if update_taken else stats.lambda_before
+    return {
+        RET: stats.retention_loss,
+        RET_NONFINITE: stats.retention_nonfinite,
+        LAMBDA: lambda_after,
+        LAMBDA_BEFORE: stats.lambda_before,
+        LAMBDA_AFTER: lambda_after,
+        CONFLICT: stats.conflict_ratio,
+        NUM_CONFLICTING: float(stats.num_conflicting),
+        NUM_BOTH: float(stats.num_both),
+        ACT_GRAD_NORM: stats.act_grad_norm,
+        RET_GRAD_NORM: stats.ret_grad_norm,
+    }
 
 
 def peak_memory_gb(device_type: str) -> dict[str, float]:
@@ -139,9 +164,9 @@ class MetricsSinks:
             tqdm.write(text)
 
     def close(self) -> None:
-        for f in (self._progress, self._jsonl):
-            if f is not None:
-                f.close()
+        for handle in (self._progress, self._jsonl):
+            if handle is not None:
+                handle.close()
         if self.wandb_run is not None:
             self.wandb_run.finish()
 

@@ -84,13 +84,12 @@ def _same_vlm(old: Path, new: Path) -> bool:
     if Path(old).resolve() == Path(new).resolve():
         return True
     try:
-        a, b = newest_checkpoint(Path(old) / "checkpoints"), newest_checkpoint(Path(new) / "checkpoints")
+        old_weights = newest_checkpoint(Path(old) / "checkpoints")
+        new_weights = newest_checkpoint(Path(new) / "checkpoints")
     except FileNotFoundError:
         return False
-    configs = (Path(old) / "config.json", Path(new) / "config.json")
-    return (a.name, a.stat().st_size) == (b.name, b.stat().st_size) and _fingerprint([configs[0]]) == _fingerprint(
-        [configs[1]]
-    )
+    same_weights = (old_weights.name, old_weights.stat().st_size) == (new_weights.name, new_weights.stat().st_size)
+    return same_weights and _fingerprint([Path(old) / "config.json"]) == _fingerprint([Path(new) / "config.json"])
 
 
 def _same_data(old: Path, new: Path, dataset_name: str) -> bool:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import logging
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
@@ -26,14 +25,15 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from craft import CRaFTConfig, CRaFTStep, CRaFTStepStats, retention_loss
+from craft import CRaFTConfig, CRaFTConfigError, CRaFTStep, CRaFTStepStats, retention_loss
+from prismatic.models.anchor import Anchor, retention_features
+from prismatic.models.batch import PaddedCollatorForActionPrediction, PolicyBatch, RLDSBatchTransform
 from prismatic.models.loaders import PolicySpec, load_prismatic_vlm
 from prismatic.models.lora import LoRASettings, apply_lora
 from prismatic.models.policy import VLAAdapterPolicy
 from prismatic.models.tokenizer import load_tokenizer
 from prismatic.models.vlm import PrismaticVLM
-from prismatic.training import metrics as M
-from prismatic.training.anchor import Anchor, retention_features
+from prismatic.training import metrics
 from prismatic.training.checkpointing import (
     CheckpointInfo,
     NonFiniteTrainingError,
@@ -42,7 +42,7 @@ from prismatic.training.checkpointing import (
     inspect_checkpoint,
     verify_checkpoint,
 )
-from prismatic.training.config import CONFIG_SNAPSHOT, FinetuneConfig, save_config_snapshot
+from prismatic.training.config import CONFIG_SNAPSHOT, FinetuneConfig, craft_flag_error, save_config_snapshot
 from prismatic.training.distributed import (
     DistContext,
     all_reduce_mean,
@@ -53,29 +53,22 @@ from prismatic.training.distributed import (
     shutdown_distributed,
 )
 from prismatic.training.metrics import MetricsSinks, init_wandb
-from prismatic.training.resume import FlagChange, check_destination, check_resume
+from prismatic.training.resume import check_destination, check_resume
 from prismatic.training.schedule import LRSchedule
 from prismatic.training.update_guard import check_adamw_update
 from prismatic.util.atomic_io import atomic_write_json
 from prismatic.util.cli import USER_ERRORS
-from prismatic.vla.constants import IGNORE_INDEX
-from prismatic.vla.datasets import PaddedCollatorForActionPrediction, RLDSBatchTransform, RLDSDataset
+from prismatic.vla.datasets import RLDSDataset
 from prismatic.vla.datasets.registry import robot_constants
 from prismatic.vla.datasets.rlds.statistics import save_dataset_statistics
 
 __all__ = ["NonFiniteTrainingError", "train"]
-
-log = logging.getLogger(__name__)
 
 
 def noise_seed(seed: int, step: int, micro: int) -> int:
     """Seed of the action head's training noise for one micro-batch (same on every process and after resume)."""
     digest = hashlib.sha256(f"{seed}/{step}/{micro}".encode()).hexdigest()
     return int(digest[:15], 16)
-
-
-def _to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
-    return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -113,116 +106,7 @@ def build_policy(cfg: FinetuneConfig) -> tuple[VLAAdapterPolicy, PolicySpec]:
     return policy, spec
 
 
-def build_data(
-    cfg: FinetuneConfig, ctx: DistContext, tokenizer: Any, start_step: int, statistics: dict[str, Any] | None
-) -> tuple[RLDSDataset, Iterator[dict[str, Any]]]:
-    dataset = RLDSDataset(
-        cfg.data_root_dir,
-        cfg.dataset_name,
-        RLDSBatchTransform(tokenizer),
-        shuffle_buffer_size=cfg.shuffle_buffer_size,
-        train=True,
-        image_aug=cfg.image_aug,
-        num_images=cfg.num_images_in_input,
-        shuffle_buffer_ram_gb=cfg.shuffle_buffer_ram_gb,
-        seed=cfg.seed,
-        rank=ctx.rank,
-        world_size=ctx.world_size,
-        sharding=cfg.data_sharding,
-        start_sample=start_step * cfg.batch_size * cfg.grad_accumulation_steps,
-        n_shot_episodes=cfg.n_shot_episodes,
-        heldout_episode_fraction=cfg.heldout_episode_fraction,
-        statistics=statistics,
-    )
-    loader = DataLoader(
-        dataset,
-        batch_size=cfg.batch_size,
-        num_workers=0,
-        collate_fn=PaddedCollatorForActionPrediction(tokenizer.pad_token_id),
-    )
-    return dataset, iter(loader)
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# one optimizer step's gradients
-# ---------------------------------------------------------------------------------------------------------------
-@dataclass
-class GradientStepper:
-    """Everything needed to turn one step's micro-batches into `param.grad` (baseline or CRaFT)."""
-
-    model: torch.nn.Module  # the policy, or its DDP wrapper
-    anchor: Anchor | None
-    craft_step: CRaFTStep | None
-    craft_cfg: CRaFTConfig
-    accum: int
-    seed: int
-    use_proprio: bool
-    ctx: DistContext
-
-    def autocast(self) -> contextlib.AbstractContextManager[Any]:
-        if self.ctx.device.type == "cuda":
-            return torch.autocast("cuda", dtype=torch.bfloat16)
-        return contextlib.nullcontext()
-
-
-def compute_gradients(
-    s: GradientStepper, batches: Iterator[dict[str, Any]], step: int, measure: bool
-) -> tuple[torch.Tensor, CRaFTStepStats | None, float]:
-    """Run the step's micro-batches; returns (mean [loss, current L1, next L1] of this process, CRaFT stats or None,
-    seconds spent waiting for data). Baseline micro-batches backpropagate loss / K (DDP averages over processes on
-    the last one); CRaFT micro-batches (or a baseline's measurement steps) go through `CRaFTStep`, which averages both
-    gradients over micro-batches and processes in one all-reduce."""
-    is_ddp = isinstance(s.model, DistributedDataParallel)
-    losses = torch.zeros(3, device=s.ctx.device)
-    data_wait = 0.0
-    for micro in range(s.accum):
-        wait_start = time.perf_counter()
-        batch = _to_device(next(batches), s.ctx.device)
-        data_wait += time.perf_counter() - wait_start
-        defer_sync = is_ddp and (measure or micro < s.accum - 1)
-        with s.model.no_sync() if defer_sync else contextlib.nullcontext():  # type: ignore[operator]
-            with s.autocast():
-                out = s.model(
-                    pixel_values=batch["pixel_values"],
-                    input_ids=batch["input_ids"],
-                    attention_mask=batch["attention_mask"],
-                    labels=batch["labels"],
-                    proprio=batch["proprio"] if s.use_proprio else None,
-                    noise_seed=noise_seed(s.seed, step, micro),
-                )
-            l1 = (out.actions.float() - batch["actions"]).abs()
-            loss = l1.mean()
-            losses += torch.stack([loss.detach(), l1[:, 0].mean().detach(), l1[:, 1:].mean().detach()])
-            if measure:
-                assert s.anchor is not None and s.craft_step is not None
-                with s.autocast():
-                    feats = retention_features(out.vlm, s.craft_cfg, s.anchor.num_layers)
-                    anchor_feats = s.anchor.features(
-                        batch["pixel_values"],
-                        batch["input_ids"],
-                        batch["attention_mask"],
-                        batch["labels"] != IGNORE_INDEX,
-                    )
-                s.craft_step.accumulate(loss, retention_loss(feats, anchor_feats))
-            else:
-                (loss / s.accum).backward()
-    stats = s.craft_step.finish(sync=s.ctx.distributed) if measure and s.craft_step is not None else None
-    return losses / s.accum, stats, data_wait
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# the loop
-# ---------------------------------------------------------------------------------------------------------------
-def train(cfg: FinetuneConfig) -> Path:
-    """Run a fine-tune; returns the run directory."""
-    ctx = init_distributed()
-    try:
-        return _train(cfg, ctx)
-    finally:
-        shutdown_distributed()
-
-
-def start_checks(cfg: FinetuneConfig, ctx: DistContext) -> tuple[RunPaths, CheckpointInfo | None, list[FlagChange]]:
+def start_checks(cfg: FinetuneConfig, ctx: DistContext) -> tuple[RunPaths, CheckpointInfo | None, list[Any]]:
     """Everything knowable before data or model: flags, the checkpoint to resume from, and where the run writes."""
     cfg.validate()
     info, changes = None, []
@@ -236,44 +120,77 @@ def start_checks(cfg: FinetuneConfig, ctx: DistContext) -> tuple[RunPaths, Check
     return paths, info, changes
 
 
-def _train(cfg: FinetuneConfig, ctx: DistContext) -> Path:
-    paths, info, changes = start_checks(cfg, ctx)
+def open_run(
+    cfg: FinetuneConfig, ctx: DistContext, paths: RunPaths, info: CheckpointInfo | None, changes: list[Any]
+) -> MetricsSinks:
+    """The run folder (crash leftovers removed), its logs (cut back to the resumed step) and WandB."""
     start_step = info.step if info is not None else 0
-    run_dir = paths.run_dir
     if ctx.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
+        paths.run_dir.mkdir(parents=True, exist_ok=True)
         paths.clean_staging_leftovers()
     barrier(ctx)
     sinks = MetricsSinks(
-        run_dir, ctx.is_main, cfg.console_log_freq, cfg.wandb_log_freq, cfg.max_steps, cfg.craft_retention_budget
+        paths.run_dir, ctx.is_main, cfg.console_log_freq, cfg.wandb_log_freq, cfg.max_steps, cfg.craft_retention_budget
     )
     if cfg.use_wandb:  # before anything heavy: a missing login fails in seconds, on every process
 
         def start_wandb() -> None:
-            config = {k: str(v) for k, v in asdict(cfg).items()}
-            sinks.wandb_run = init_wandb(cfg.wandb_settings(run_dir), paths.run_id, config)
+            config = {key: str(value) for key, value in asdict(cfg).items()}
+            sinks.wandb_run = init_wandb(cfg.wandb_settings(paths.run_dir), paths.run_id, config)
 
         on_main(start_wandb, ctx, USER_ERRORS)
     branched_from = info.folder.parent / info.run_id if info is not None and info.run_id != paths.run_id else None
     sinks.open(start_step, history_from=branched_from)
     if changes:
         sinks.message(f"resuming with changed flags: {', '.join(map(str, changes))}", step=start_step)
+    return sinks
 
-    # Data before the model: a bad dataset (missing shard, wrong statistics) fails in seconds.
+
+def build_data(
+    cfg: FinetuneConfig, ctx: DistContext, run_dir: Path, info: CheckpointInfo | None
+) -> tuple[RLDSDataset, Iterator[PolicyBatch]]:
+    """This process's batches, positioned after the samples already trained on (before the model: a bad dataset
+    fails in seconds). The run folder records the configuration, statistics and chosen episodes."""
     tokenizer = load_tokenizer(cfg.config_file_path)
-    dataset, batches = build_data(cfg, ctx, tokenizer, start_step, info.statistics if info is not None else None)
-    statistics = dataset.dataset_statistics
+    stream = cfg.stream_config(
+        ctx.rank, ctx.world_size, info.step if info is not None else 0, info.statistics if info else None
+    )
+    dataset = RLDSDataset.from_config(stream, RLDSBatchTransform(tokenizer))
     if ctx.is_main:
         save_config_snapshot(cfg, run_dir / CONFIG_SNAPSHOT)
-        save_dataset_statistics(run_dir, statistics)
+        save_dataset_statistics(run_dir, dataset.dataset_statistics)
         atomic_write_json(run_dir / "episodes.json", dataset.info.manifest)
+    collate = PaddedCollatorForActionPrediction(tokenizer.pad_token_id)
+    return dataset, iter(DataLoader(dataset, batch_size=cfg.batch_size, num_workers=0, collate_fn=collate))
 
-    # Model: identical initialisation on every process, then the checkpoint's state when resuming.
+
+@dataclass
+class Trainee:
+    """The model side of a run: the policy (and its DDP wrapper), CRaFT's anchor and step, the optimizer and
+    schedule, and the `TrainingState` that saves and restores them."""
+
+    policy: VLAAdapterPolicy
+    model: torch.nn.Module  # the policy, or its DDP wrapper
+    trainable: list[torch.nn.Parameter]
+    anchor: Anchor | None
+    craft_step: CRaFTStep | None
+    optimizer: torch.optim.Optimizer
+    schedule: LRSchedule
+    state: TrainingState
+
+
+def build_trainee(
+    cfg: FinetuneConfig, ctx: DistContext, paths: RunPaths, statistics: dict[str, Any], info: CheckpointInfo | None
+) -> Trainee:
+    """Identical initialisation on every process, then the checkpoint's state when resuming."""
     seed_everything(cfg.seed)
     policy, spec = build_policy(cfg)
     craft_cfg = cfg.craft_config()
     use_craft_machinery = cfg.use_craft or cfg.craft_measure_freq > 0
-    anchor = Anchor(policy.vlm, craft_cfg) if use_craft_machinery else None  # theta_0, before any restore
+    try:
+        anchor = Anchor(policy.vlm, craft_cfg) if use_craft_machinery else None  # theta_0, before any restore
+    except CRaFTConfigError as err:  # e.g. an anchor layer the model does not have
+        raise craft_flag_error(err) from err
     if cfg.gradient_checkpointing:
         policy.base_vlm.enable_gradient_checkpointing()
     policy.to(ctx.device).train()
@@ -288,99 +205,216 @@ def _train(cfg: FinetuneConfig, ctx: DistContext) -> Path:
     state = TrainingState(paths, cfg, ctx, policy, spec, optimizer, schedule, craft_step, statistics)
     if info is not None:
         state.restore(info)
-
     model: torch.nn.Module = policy
     if ctx.distributed:
         device_ids = [ctx.local_rank] if ctx.device.type == "cuda" else None
         model = DistributedDataParallel(policy, device_ids=device_ids, find_unused_parameters=False)
+    return Trainee(policy, model, trainable, anchor, craft_step, optimizer, schedule, state)
 
-    if ctx.is_main:
-        trainable_count = sum(p.numel() for p in trainable)
-        sinks.message(
-            f"run {paths.run_id}: {'CRaFT' if cfg.use_craft else 'baseline'}, {ctx.world_size} process(es) on "
-            f"{ctx.device.type}, global batch {cfg.batch_size * ctx.world_size * cfg.grad_accumulation_steps}, "
-            f"{trainable_count:,} trainable parameters, {len(dataset):,} transitions"
-            + (f", resuming at step {start_step}" if start_step else "")
+
+# ---------------------------------------------------------------------------------------------------------------
+# one optimizer step
+# ---------------------------------------------------------------------------------------------------------------
+@dataclass(kw_only=True)
+class GradientStepper:
+    """Everything needed to turn one step's micro-batches into `param.grad` (baseline or CRaFT)."""
+
+    model: torch.nn.Module  # the policy, or its DDP wrapper
+    anchor: Anchor | None
+    craft_step: CRaFTStep | None
+    craft_cfg: CRaFTConfig
+    accum: int
+    seed: int
+    ctx: DistContext
+
+    def autocast(self) -> contextlib.AbstractContextManager[Any]:
+        if self.ctx.device.type == "cuda":
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+
+@dataclass
+class StepGradients:
+    losses: torch.Tensor  # this process's mean [loss, current-action L1, next-actions L1] over its micro-batches
+    craft_stats: CRaFTStepStats | None
+    data_wait: float  # seconds spent waiting for batches
+
+
+def compute_gradients(
+    stepper: GradientStepper, batches: Iterator[PolicyBatch], step: int, measure: bool
+) -> StepGradients:
+    """Run the step's micro-batches into `param.grad`. Baseline micro-batches backpropagate loss / K (DDP averages
+    over processes on the last one); CRaFT micro-batches (or a baseline's measurement steps) go through `CRaFTStep`,
+    which averages both gradients over micro-batches and processes in one all-reduce."""
+    model, ctx = stepper.model, stepper.ctx
+    is_ddp = isinstance(model, DistributedDataParallel)
+    losses = torch.zeros(3, device=ctx.device)
+    data_wait = 0.0
+    for micro in range(stepper.accum):
+        wait_start = time.perf_counter()
+        batch = next(batches).to(ctx.device, non_blocking=True)
+        data_wait += time.perf_counter() - wait_start
+        defer_sync = is_ddp and (measure or micro < stepper.accum - 1)
+        with model.no_sync() if defer_sync else contextlib.nullcontext():  # type: ignore[operator]
+            with stepper.autocast():
+                out = model(batch, noise_seed=noise_seed(stepper.seed, step, micro))
+            errors = (out.actions.float() - batch.actions).abs()
+            loss = errors.mean()
+            losses += torch.stack([loss.detach(), errors[:, 0].mean().detach(), errors[:, 1:].mean().detach()])
+            if measure:
+                assert stepper.anchor is not None and stepper.craft_step is not None
+                with stepper.autocast():
+                    features = retention_features(out.vlm, stepper.craft_cfg, stepper.anchor.num_layers)
+                    anchor_features = stepper.anchor.features(batch)
+                stepper.craft_step.accumulate(loss, retention_loss(features, anchor_features))
+            else:
+                (loss / stepper.accum).backward()
+    stats = stepper.craft_step.finish(sync=ctx.distributed) if measure and stepper.craft_step is not None else None
+    return StepGradients(losses / stepper.accum, stats, data_wait)
+
+
+@dataclass
+class UpdateResult:
+    grad_norm: float  # of the process-averaged gradient, before clipping
+    lr: float
+    update_ratio: float  # ||update|| / ||weights|| (NaN when skipped before it was computed)
+    skip_reason: str | None  # why the update was not applied, or None
+
+    @property
+    def taken(self) -> bool:
+        return self.skip_reason is None
+
+
+def apply_update(trainee: Trainee, cfg: FinetuneConfig, step: int, mean_loss: torch.Tensor) -> UpdateResult:
+    """Clip and measure the gradient, then look at the AdamW update before making it: a non-finite loss or gradient,
+    or an update out of all proportion to the weights, is skipped. Gradients are cleared either way."""
+    optimizer = trainee.optimizer
+    max_norm = cfg.max_grad_norm if cfg.max_grad_norm is not None else float("inf")
+    grad_norm = torch.nn.utils.clip_grad_norm_(trainee.trainable, max_norm)
+    lr = trainee.schedule.apply(optimizer, step - 1)
+    update_ratio, skip_reason = float("nan"), None
+    if not bool(torch.isfinite(mean_loss) and torch.isfinite(grad_norm)):
+        skip_reason = "non-finite loss or gradient"
+    else:
+        update = check_adamw_update(optimizer)
+        update_ratio = update.ratio
+        if not update.finite:
+            skip_reason = "the update would make the weights non-finite"
+        elif not update.acceptable(cfg.max_update_ratio):
+            skip_reason = (
+                f"the update would move the weights by {update.ratio:.3g} x their norm "
+                f"(limit --max_update_ratio {cfg.max_update_ratio})"
+            )
+    if skip_reason is None:
+        optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return UpdateResult(float(grad_norm), lr, update_ratio, skip_reason)
+
+
+def record_update(trainee: Trainee, update: UpdateResult, sinks: MetricsSinks, step: int) -> None:
+    """Count skipped updates; CRaFT's dual update is committed only with an update actually taken."""
+    counters = trainee.state.counters
+    if update.taken:
+        counters["consecutive_nonfinite"] = 0
+        if trainee.craft_step is not None:
+            trainee.craft_step.commit()
+        return
+    counters["skipped_steps"] += 1
+    counters["consecutive_nonfinite"] += 1
+    sinks.message(f"{update.skip_reason}, update skipped ({counters['consecutive_nonfinite']} in a row)", step)
+
+
+def step_metrics(
+    cfg: FinetuneConfig,
+    ctx: DistContext,
+    means: torch.Tensor,
+    grads: StepGradients,
+    update: UpdateResult,
+    counters: dict[str, int],
+    seconds: float,
+) -> dict[str, float]:
+    """The step's `metrics.jsonl` / WandB row, in the guide's names."""
+    row = {
+        metrics.LOSS: float(means[0]),
+        metrics.CURR_L1: float(means[1]),
+        metrics.NEXT_L1: float(means[2]),
+        metrics.GRAD_NORM: update.grad_norm,
+        metrics.LR: update.lr,
+        metrics.UPDATE_RATIO: update.update_ratio,
+        metrics.SAMPLES_PER_S: cfg.batch_size * cfg.grad_accumulation_steps * ctx.world_size / seconds,
+        metrics.DATA_WAIT: grads.data_wait / seconds,
+        metrics.SKIPPED: float(counters["skipped_steps"]),
+        **metrics.peak_memory_gb(ctx.device.type),
+    }
+    if grads.craft_stats is not None:
+        row.update(metrics.craft_metrics(grads.craft_stats, update_taken=update.taken))
+    return row
+
+
+def stop_if_diverging(
+    cfg: FinetuneConfig, counters: dict[str, int], update: UpdateResult, step: int, sinks: MetricsSinks
+) -> None:
+    if counters["consecutive_nonfinite"] >= cfg.max_nonfinite_steps:
+        sinks.close()
+        raise NonFiniteTrainingError(
+            f"{counters['consecutive_nonfinite']} consecutive steps were skipped (last: step {step}, "
+            f"{update.skip_reason}); lower --learning_rate, set --max_grad_norm, or check the data"
         )
 
-    accum = cfg.grad_accumulation_steps
-    stepper = GradientStepper(model, anchor, craft_step, craft_cfg, accum, cfg.seed, cfg.use_proprio, ctx)
-    counters = state.counters
-    progress = tqdm(
-        range(start_step + 1, cfg.max_steps + 1),
-        initial=start_step,
-        total=cfg.max_steps,
-        disable=not ctx.is_main,
-        desc="finetune",
-        dynamic_ncols=True,
+
+def describe_run(
+    cfg: FinetuneConfig, ctx: DistContext, run_id: str, trainee: Trainee, transitions: int, start_step: int
+) -> str:
+    return (
+        f"run {run_id}: {'CRaFT' if cfg.use_craft else 'baseline'}, {ctx.world_size} process(es) on "
+        f"{ctx.device.type}, global batch {cfg.batch_size * ctx.world_size * cfg.grad_accumulation_steps}, "
+        f"{sum(p.numel() for p in trainee.trainable):,} trainable parameters, {transitions:,} transitions"
+        + (f", resuming at step {start_step}" if start_step else "")
     )
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the loop
+# ---------------------------------------------------------------------------------------------------------------
+def train(cfg: FinetuneConfig) -> Path:
+    """Run a fine-tune; returns the run directory."""
+    ctx = init_distributed()
+    try:
+        return _train(cfg, ctx)
+    finally:
+        shutdown_distributed()
+
+
+def _train(cfg: FinetuneConfig, ctx: DistContext) -> Path:
+    paths, info, changes = start_checks(cfg, ctx)
+    sinks = open_run(cfg, ctx, paths, info, changes)
+    dataset, batches = build_data(cfg, ctx, paths.run_dir, info)
+    trainee = build_trainee(cfg, ctx, paths, dataset.dataset_statistics, info)
+    start_step = info.step if info is not None else 0
+    sinks.message(describe_run(cfg, ctx, paths.run_id, trainee, len(dataset), start_step))
+    stepper = GradientStepper(
+        model=trainee.model,
+        anchor=trainee.anchor,
+        craft_step=trainee.craft_step,
+        craft_cfg=cfg.craft_config(),
+        accum=cfg.grad_accumulation_steps,
+        seed=cfg.seed,
+        ctx=ctx,
+    )
+    steps = range(start_step + 1, cfg.max_steps + 1)
+    progress = tqdm(steps, initial=start_step, total=cfg.max_steps, disable=not ctx.is_main, desc="finetune")
     for step in progress:
-        step_start = time.perf_counter()
+        started = time.perf_counter()
         measure = cfg.use_craft or (cfg.craft_measure_freq > 0 and step % cfg.craft_measure_freq == 0)
-        dual_before = craft_step.dual.state_dict() if craft_step is not None else None
-        losses, craft_stats, data_wait = compute_gradients(stepper, batches, step, measure)
-
-        # Clip / measure the (already averaged over processes) gradient, then look at the update before making it:
-        # a non-finite loss or gradient, or an update out of all proportion to the weights, is skipped.
-        max_norm = cfg.max_grad_norm if cfg.max_grad_norm is not None else float("inf")
-        grad_norm = torch.nn.utils.clip_grad_norm_(trainable, max_norm)
-        means = all_reduce_mean(losses, ctx)
-        lr = schedule.apply(optimizer, step - 1)
-        skip_reason = None
-        update_ratio = float("nan")
-        if not bool(torch.isfinite(means[0]) and torch.isfinite(grad_norm)):
-            skip_reason = "non-finite loss or gradient"
-        else:
-            update = check_adamw_update(optimizer)
-            update_ratio = update.ratio
-            if not update.acceptable(cfg.max_update_ratio):
-                skip_reason = (
-                    f"the update would move the weights by {update.ratio:.3g} x their norm (limit --max_update_ratio "
-                    f"{cfg.max_update_ratio})"
-                    if update.finite
-                    else "the update would make the weights non-finite"
-                )
-        if skip_reason is None:
-            optimizer.step()
-            counters["consecutive_nonfinite"] = 0
-        else:
-            if craft_step is not None and dual_before is not None:
-                craft_step.dual.load_state_dict(dual_before)  # a skipped step does not move lambda either
-            counters["skipped_steps"] += 1
-            counters["consecutive_nonfinite"] += 1
-            sinks.message(f"{skip_reason}, update skipped ({counters['consecutive_nonfinite']} in a row)", step=step)
-        optimizer.zero_grad(set_to_none=True)
-
-        elapsed = time.perf_counter() - step_start
-        metrics = {
-            M.LOSS: float(means[0]),
-            M.CURR_L1: float(means[1]),
-            M.NEXT_L1: float(means[2]),
-            M.GRAD_NORM: float(grad_norm),
-            M.LR: lr,
-            M.UPDATE_RATIO: update_ratio,
-            M.SAMPLES_PER_S: cfg.batch_size * accum * ctx.world_size / elapsed,
-            M.DATA_WAIT: data_wait / elapsed,
-            M.SKIPPED: float(counters["skipped_steps"]),
-            **M.peak_memory_gb(ctx.device.type),
-        }
-        if craft_stats is not None:
-            metrics.update(craft_stats.to_metrics())
-            if skip_reason is not None:  # lambda was restored with the skipped update
-                metrics[M.LAMBDA] = metrics[M.LAMBDA_AFTER] = craft_stats.lambda_before
-        sinks.log(step, metrics)
-        if ctx.is_main:
-            progress.set_postfix(loss=f"{metrics[M.LOSS]:.4f}", refresh=False)
-
-        if counters["consecutive_nonfinite"] >= cfg.max_nonfinite_steps:
-            sinks.close()
-            raise NonFiniteTrainingError(
-                f"{counters['consecutive_nonfinite']} consecutive steps were skipped (last: step {step}, "
-                f"{skip_reason}); lower --learning_rate, set --max_grad_norm, or check the data"
-            )
+        grads = compute_gradients(stepper, batches, step, measure)
+        means = all_reduce_mean(grads.losses, ctx)
+        update = apply_update(trainee, cfg, step, means[0])
+        record_update(trainee, update, sinks, step)
+        row = step_metrics(cfg, ctx, means, grads, update, trainee.state.counters, time.perf_counter() - started)
+        sinks.log(step, row)
+        progress.set_postfix(loss=f"{row[metrics.LOSS]:.4f}", refresh=False)
+        stop_if_diverging(cfg, trainee.state.counters, update, step, sinks)
         if step % cfg.save_freq == 0 or step == cfg.max_steps:
-            folder = state.save(step)
-            sinks.message(f"saved checkpoint {folder}", step=step)
-    progress.close()
+            sinks.message(f"saved checkpoint {trainee.state.save(step)}", step)
     sinks.close()
-    return run_dir
+    return paths.run_dir

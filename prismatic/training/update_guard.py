@@ -46,12 +46,12 @@ class UpdateCheck:
 def _check_supported(optimizer: torch.optim.Optimizer) -> None:
     if type(optimizer) not in (torch.optim.AdamW, torch.optim.Adam):
         raise ValueError(f"check_adamw_update models torch.optim.AdamW only, got {type(optimizer).__name__}")
-    for i, group in enumerate(optimizer.param_groups):
+    for index, group in enumerate(optimizer.param_groups):
         if type(optimizer) is torch.optim.Adam and not group.get("decoupled_weight_decay") and group["weight_decay"]:
-            raise ValueError(f"param group {i}: Adam with coupled (L2) weight decay is not AdamW")
+            raise ValueError(f"param group {index}: Adam with coupled (L2) weight decay is not AdamW")
         for option in ("amsgrad", "maximize", "differentiable"):
             if group.get(option, False):
-                raise ValueError(f"param group {i}: AdamW option {option}=True is not modelled")
+                raise ValueError(f"param group {index}: AdamW option {option}=True is not modelled")
 
 
 def _float(value: float | torch.Tensor) -> float:
@@ -70,19 +70,19 @@ def check_adamw_update(optimizer: torch.optim.Optimizer) -> UpdateCheck:
     for group in optimizer.param_groups:
         lr, wd, eps = _float(group["lr"]), group["weight_decay"], group["eps"]
         beta1, beta2 = (_float(b) for b in group["betas"])
-        for p in group["params"]:
-            if p.grad is None:
+        for tensor in group["params"]:
+            if tensor.grad is None:
                 continue
             # .get, not [...]: optimizer.state is a defaultdict and indexing would insert an empty state.
-            state = optimizer.state.get(p) or {}
-            dtype = torch.float64 if p.dtype == torch.float64 else torch.float32
-            param, grad = p.detach().to(dtype), p.grad.detach().to(dtype)
-            t = _float(state.get("step", 0.0)) + 1
-            m = state["exp_avg"].to(dtype).lerp(grad, 1 - beta1) if state else grad * (1 - beta1)
-            v = state["exp_avg_sq"].to(dtype) * beta2 if state else torch.zeros_like(grad)
-            v.addcmul_(grad, grad, value=1 - beta2)
-            denom = v.sqrt_().div_(math.sqrt(1 - beta2**t)).add_(eps)
-            delta = m.div_(denom).mul_(-lr / (1 - beta1**t)).sub_(param, alpha=lr * wd)
+            state = optimizer.state.get(tensor) or {}
+            dtype = torch.float64 if tensor.dtype == torch.float64 else torch.float32
+            param, grad = tensor.detach().to(dtype), tensor.grad.detach().to(dtype)
+            step = _float(state.get("step", 0.0)) + 1
+            first_moment = state["exp_avg"].to(dtype).lerp(grad, 1 - beta1) if state else grad * (1 - beta1)
+            second_moment = state["exp_avg_sq"].to(dtype) * beta2 if state else torch.zeros_like(grad)
+            second_moment.addcmul_(grad, grad, value=1 - beta2)
+            denom = second_moment.sqrt_().div_(math.sqrt(1 - beta2**step)).add_(eps)
+            delta = first_moment.div_(denom).mul_(-lr / (1 - beta1**step)).sub_(param, alpha=lr * wd)
             norms = torch.stack(
                 [
                     torch.linalg.vector_norm(delta),

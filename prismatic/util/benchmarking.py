@@ -17,8 +17,8 @@ from typing import Any
 
 def resident_memory_gb() -> float:
     """Current resident memory of this process, in GB (Linux /proc)."""
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**30
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**30
 
 
 def peak_resident_memory_gb() -> float:

@@ -34,8 +34,8 @@ class CheckpointFileError(ValueError):
 
 def sha256_of(path: Path) -> str:
     digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(_HASH_CHUNK):
+    with open(path, "rb") as handle:
+        while chunk := handle.read(_HASH_CHUNK):
             digest.update(chunk)
     return digest.hexdigest()
 

@@ -15,9 +15,9 @@ from typing import Any, ParamSpec, TypeVar
 import draccus
 from draccus.utils import DecodingError
 
-P = ParamSpec("P")
-R = TypeVar("R")
-C = TypeVar("C")
+Params = ParamSpec("Params")
+Result = TypeVar("Result")
+Config = TypeVar("Config")
 
 NONE_SPELLINGS = ("none", "null", "")
 
@@ -30,11 +30,11 @@ class UserInputError(ValueError):
 USER_ERRORS: tuple[type[BaseException], ...] = (FileNotFoundError, FileExistsError, NotADirectoryError, ValueError)
 
 
-def exit_on_user_error(fn: Callable[P, R]) -> Callable[P, R]:
+def exit_on_user_error(fn: Callable[Params, Result]) -> Callable[Params, Result]:
     """Turn input errors raised by `fn` into `error: <message>` on stderr and exit status 2."""
 
     @functools.wraps(fn)
-    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+    def wrapper(*args: Params.args, **kwargs: Params.kwargs) -> Result:
         try:
             return fn(*args, **kwargs)
         except USER_ERRORS as err:
@@ -58,16 +58,16 @@ def _optional_fields(config_class: type) -> set[str]:
 def _normalise_none(argv: Sequence[str], optional: set[str]) -> list[str]:
     """`--flag None` / `none` / `null` / empty for an Optional flag -> draccus's `null`."""
     out = list(argv)
-    for i, arg in enumerate(out):
+    for index, arg in enumerate(out):
         if not arg.startswith("--"):
             continue
         name, eq, value = arg[2:].partition("=")
         if name not in optional:
             continue
         if eq and value.strip().lower() in NONE_SPELLINGS:
-            out[i] = f"--{name}=null"
-        elif not eq and i + 1 < len(out) and out[i + 1].strip().lower() in NONE_SPELLINGS:
-            out[i + 1] = "null"
+            out[index] = f"--{name}=null"
+        elif not eq and index + 1 < len(out) and out[index + 1].strip().lower() in NONE_SPELLINGS:
+            out[index + 1] = "null"
     return out
 
 
@@ -79,7 +79,7 @@ def check_finite_floats(cfg: Any) -> None:
             raise UserInputError(f"--{field.name} must be a finite number (got {value})")
 
 
-def parse_cli(config_class: type[C], argv: Sequence[str], config_path: str | Path | None = None) -> C:
+def parse_cli(config_class: type[Config], argv: Sequence[str], config_path: str | Path | None = None) -> Config:
     """draccus parsing with the two things users trip over made clear: `None` accepted for Optional flags (as
     `None`, `none` or `null`), and a badly typed value reported as one line naming the flag (not a traceback)."""
     args = _normalise_none(argv, _optional_fields(config_class))
@@ -92,14 +92,14 @@ def parse_cli(config_class: type[C], argv: Sequence[str], config_path: str | Pat
     return cfg
 
 
-def cli_entry(fn: Callable[[C], R]) -> Callable[[], R]:
+def cli_entry(fn: Callable[[Config], Result]) -> Callable[[], Result]:
     """Decorate `main(cfg)` of an entry point: parse `sys.argv` into the type its `cfg` is annotated with (see
     `parse_cli`) and turn user errors into one line and exit status 2."""
     config_class = typing.get_type_hints(fn)["cfg"]
 
     @exit_on_user_error
     @functools.wraps(fn)
-    def wrapper() -> R:
+    def wrapper() -> Result:
         return fn(parse_cli(config_class, sys.argv[1:]))
 
     return wrapper

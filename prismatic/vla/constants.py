@@ -1,7 +1,7 @@
 """Constants of the VLA-Adapter recipe.
 
 Robot constants (action chunk, action and proprio dimensions, normalisation) belong to a dataset: they are chosen
-from the dataset registry (`prismatic.vla.datasets.registry`), never by scanning `sys.argv` as the old code did.
+from the dataset registry (`prismatic.vla.datasets.registry`), never from the command line's text.
 """
 
 from __future__ import annotations
@@ -9,7 +9,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import Enum
 
-IGNORE_INDEX = -100
 NUM_ACTION_QUERIES = 64  # learned ActionQuery tokens appended after the prompt
 # Token id placed at the action-query positions of `input_ids`. Its embedding is always replaced by the learned
 # action queries, so any id works; this one (the last row of the padded 151,936-token vocabulary, unused by the
@@ -32,8 +31,4 @@ class RobotConstants:
 
 LIBERO_CONSTANTS = RobotConstants(
     action_chunk=8, action_dim=7, proprio_dim=8, normalization=NormalizationType.BOUNDS_Q99
-)
-ALOHA_CONSTANTS = RobotConstants(action_chunk=25, action_dim=14, proprio_dim=14, normalization=NormalizationType.BOUNDS)
-BRIDGE_CONSTANTS = RobotConstants(
-    action_chunk=5, action_dim=7, proprio_dim=7, normalization=NormalizationType.BOUNDS_Q99
 )

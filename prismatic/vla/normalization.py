@@ -39,32 +39,38 @@ def normalization_params(
     return lo, hi, mask, degenerate
 
 
-def _as(x: ArrayT, value: np.ndarray) -> ArrayT:
-    if isinstance(x, torch.Tensor):
-        dtype = torch.bool if value.dtype == bool else x.dtype
-        return torch.as_tensor(value, dtype=dtype, device=x.device)
+def _as(like: ArrayT, value: np.ndarray) -> ArrayT:
+    if isinstance(like, torch.Tensor):
+        dtype = torch.bool if value.dtype == bool else like.dtype
+        return torch.as_tensor(value, dtype=dtype, device=like.device)
     return value
 
 
-def _where(cond: ArrayT, a: ArrayT, b: ArrayT) -> ArrayT:
-    return torch.where(cond, a, b) if isinstance(a, torch.Tensor) else np.where(cond, a, b)
+def _where(cond: ArrayT, if_true: ArrayT, if_false: ArrayT) -> ArrayT:
+    if isinstance(if_true, torch.Tensor):
+        return torch.where(cond, if_true, if_false)
+    return np.where(cond, if_true, if_false)
 
 
-def normalize(x: ArrayT, stats: Mapping[str, Any], kind: NormalizationType = NormalizationType.BOUNDS_Q99) -> ArrayT:
+def normalize(
+    values: ArrayT, stats: Mapping[str, Any], kind: NormalizationType = NormalizationType.BOUNDS_Q99
+) -> ArrayT:
     """Map raw actions/proprio to [-1, 1] with the dataset statistics (last axis = dimensions)."""
     lo, hi, mask, degenerate = normalization_params(stats, kind)
-    lo_x, hi_x = _as(x, lo), _as(x, hi)
-    scaled = 2 * (x - lo_x) / (hi_x - lo_x + EPS) - 1
+    lo_x, hi_x = _as(values, lo), _as(values, hi)
+    scaled = 2 * (values - lo_x) / (hi_x - lo_x + EPS) - 1
     scaled = scaled.clamp(-1, 1) if isinstance(scaled, torch.Tensor) else np.clip(scaled, -1, 1)
-    out = _where(_as(x, mask), scaled, x)
-    out = _where(_as(x, degenerate), out * 0, out)
-    return out if isinstance(out, torch.Tensor) else out.astype(np.asarray(x).dtype, copy=False)
+    out = _where(_as(values, mask), scaled, values)
+    out = _where(_as(values, degenerate), out * 0, out)
+    return out if isinstance(out, torch.Tensor) else out.astype(np.asarray(values).dtype, copy=False)
 
 
-def unnormalize(x: ArrayT, stats: Mapping[str, Any], kind: NormalizationType = NormalizationType.BOUNDS_Q99) -> ArrayT:
+def unnormalize(
+    values: ArrayT, stats: Mapping[str, Any], kind: NormalizationType = NormalizationType.BOUNDS_Q99
+) -> ArrayT:
     """Inverse of `normalize` on the masked dims (values outside [-1, 1] extrapolate linearly)."""
     lo, hi, mask, _ = normalization_params(stats, kind)
-    lo_x, hi_x = _as(x, lo), _as(x, hi)
-    restored = 0.5 * (x + 1) * (hi_x - lo_x + EPS) + lo_x
-    out = _where(_as(x, mask), restored, x)
-    return out if isinstance(out, torch.Tensor) else out.astype(np.asarray(x).dtype, copy=False)
+    lo_x, hi_x = _as(values, lo), _as(values, hi)
+    restored = 0.5 * (values + 1) * (hi_x - lo_x + EPS) + lo_x
+    out = _where(_as(values, mask), restored, values)
+    return out if isinstance(out, torch.Tensor) else out.astype(np.asarray(values).dtype, copy=False)

@@ -41,8 +41,8 @@ class FakeLiberoEnv:
         self.t += 1
         if self.trace_dir is not None:
             path = self.trace_dir / f"task{self.task_id}_trial{self.state['trial']}.jsonl"
-            with path.open("a") as f:
-                f.write(json.dumps({"t": self.t, "action": [float(a) for a in action]}) + "\n")
+            with path.open("a") as trace_file:
+                trace_file.write(json.dumps({"t": self.t, "action": [float(a) for a in action]}) + "\n")
         if self.state.get("raise_at") == self.t:
             raise RuntimeError("simulated physics failure")
         if self.state.get("exit_at") == self.t:

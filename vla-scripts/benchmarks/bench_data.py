@@ -52,8 +52,9 @@ def cpu_seconds() -> float:
 def run_worker(cfg: BenchDataConfig) -> dict:
     from torch.utils.data import DataLoader
 
+    from prismatic.models.batch import PaddedCollatorForActionPrediction, RLDSBatchTransform
     from prismatic.models.tokenizer import load_tokenizer
-    from prismatic.vla.datasets import PaddedCollatorForActionPrediction, RLDSBatchTransform, RLDSDataset
+    from prismatic.vla.datasets import RLDSDataset
 
     tokenizer = load_tokenizer(cfg.config_file_path)
     if cfg.worker == "memory":
@@ -62,10 +63,10 @@ def run_worker(cfg: BenchDataConfig) -> dict:
         )
         trace = []
         start = time.perf_counter()
-        for i, _ in enumerate(dataset, 1):
-            if i % 1000 == 0:
+        for count, _ in enumerate(dataset, 1):
+            if count % 1000 == 0:
                 trace.append(round(resident_memory_gb(), 3))
-            if i >= cfg.memory_samples:
+            if count >= cfg.memory_samples:
                 break
         return {
             "config": "memory_2cam_aug",

@@ -15,12 +15,13 @@ from dataclasses import dataclass, field
 import draccus
 import torch
 
+from prismatic.models.batch import random_batch
 from prismatic.models.lora import LoRASettings, apply_lora
 from prismatic.models.policy import VLAAdapterPolicy
 from prismatic.models.presets import FULL, MID, TINY
 from prismatic.models.vlm import PrismaticVLM
 from prismatic.util.benchmarking import peak_resident_memory_gb, run_json_worker
-from prismatic.vla.constants import ACTION_QUERY_TOKEN_ID, IGNORE_INDEX, LIBERO_CONSTANTS
+from prismatic.vla.constants import LIBERO_CONSTANTS
 
 CONFIGS = {"tiny": (TINY, 8), "mid": (MID, 64), "full": (FULL, 64)}
 
@@ -40,20 +41,13 @@ def run_one(name: str, iterations: int) -> dict:
         apply_lora(PrismaticVLM(preset, num_images=2), LoRASettings(rank=rank)), LIBERO_CONSTANTS
     ).train()
     build_s = time.perf_counter() - start
-    ids = torch.tensor([[151644] + [100] * 55 + [ACTION_QUERY_TOKEN_ID] * 64])
-    batch = {
-        "pixel_values": torch.randn(1, 12, 224, 224),
-        "input_ids": ids,
-        "attention_mask": torch.ones_like(ids),
-        "labels": torch.where(ids == ACTION_QUERY_TOKEN_ID, ids, torch.full_like(ids, IGNORE_INDEX)),
-        "proprio": torch.randn(1, 8),
-    }
+    batch = random_batch(1, generator=torch.Generator().manual_seed(0))
     times = []
-    for i in range(iterations + 1):
+    for iteration in range(iterations + 1):
         t0 = time.perf_counter()
-        policy(**batch).actions.abs().mean().backward()
+        policy(batch).actions.abs().mean().backward()
         policy.zero_grad(set_to_none=True)
-        if i > 0:
+        if iteration > 0:
             times.append(time.perf_counter() - t0)
     params = sum(p.numel() for p in policy.parameters())
     trainable = sum(p.numel() for p in policy.parameters() if p.requires_grad)

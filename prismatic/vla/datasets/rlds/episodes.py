@@ -122,15 +122,15 @@ class EpisodeTable:
 
     @classmethod
     def load(cls, path: Path) -> EpisodeTable:
-        with np.load(path, allow_pickle=False) as z:
+        with np.load(path, allow_pickle=False) as arrays:
             return cls(
-                dataset_name=str(z["dataset_name"]),
-                key=str(z["key"]),
-                instructions=[str(s) for s in z["instructions"]],
-                file_paths=[str(s) for s in z["file_paths"]],
-                lengths=z["lengths"].astype(np.int64),
-                actions=z["actions"].astype(np.float32),
-                proprio=z["proprio"].astype(np.float32),
+                dataset_name=str(arrays["dataset_name"]),
+                key=str(arrays["key"]),
+                instructions=[str(s) for s in arrays["instructions"]],
+                file_paths=[str(s) for s in arrays["file_paths"]],
+                lengths=arrays["lengths"].astype(np.int64),
+                actions=arrays["actions"].astype(np.float32),
+                proprio=arrays["proprio"].astype(np.float32),
             )
 
 
@@ -192,31 +192,29 @@ def load_episode_table(builder: Any, config: DatasetConfig, use_cache: bool = Tr
 # selections
 # ---------------------------------------------------------------------------------------------------------------
 def train_heldout_split(num_episodes: int, heldout_fraction: float) -> tuple[list[int], list[int]]:
-    """First round((1 - f) N) episodes train, the rest held out (the reference trains on `train[:95%]`)."""
-    if not 0.0 <= heldout_fraction < 1.0:
-        raise ValueError(f"--heldout_episode_fraction must be in [0, 1) (got {heldout_fraction})")
+    """First round((1 - f) N) episodes train, the rest held out (the original OpenVLA trained on `train[:95%]`);
+    f in [0, 1) is checked by `StreamConfig.validate`."""
     n_train = max(1, round(num_episodes * (1.0 - heldout_fraction)))
     return list(range(n_train)), list(range(n_train, num_episodes))
 
 
-def select_few_shot(table: EpisodeTable, candidates: list[int], k: int, seed: int) -> list[int]:
-    """K episodes per task (task = language instruction), chosen deterministically from `seed`."""
-    if k < 1:
-        raise ValueError(f"--n_shot_episodes must be >= 1 (got {k})")
+def select_few_shot(table: EpisodeTable, candidates: list[int], shots: int, seed: int) -> list[int]:
+    """K episodes per task (task = language instruction), chosen deterministically from `seed` (shots >= 1 is checked by
+    `StreamConfig.validate`)."""
     by_task: dict[str, list[int]] = {}
-    for i in candidates:
-        by_task.setdefault(table.instructions[i], []).append(i)
+    for episode in candidates:
+        by_task.setdefault(table.instructions[episode], []).append(episode)
     chosen: list[int] = []
     for task in sorted(by_task):
         episodes = by_task[task]
-        if len(episodes) < k:
+        if len(episodes) < shots:
             raise ValueError(
-                f"--n_shot_episodes {k}: task {task!r} of {table.dataset_name} has only {len(episodes)} training "
+                f"--n_shot_episodes {shots}: task {task!r} of {table.dataset_name} has only {len(episodes)} training "
                 f"episode(s); lower --n_shot_episodes or --heldout_episode_fraction"
             )
         digest = int(hashlib.sha256(task.encode()).hexdigest()[:8], 16)
         rng = np.random.default_rng([seed, digest])
-        chosen.extend(int(i) for i in rng.choice(episodes, size=k, replace=False))
+        chosen.extend(int(i) for i in rng.choice(episodes, size=shots, replace=False))
     return sorted(chosen)
 
 

@@ -19,15 +19,15 @@ from prismatic.vla.datasets.registry import DatasetConfig
 from prismatic.vla.datasets.rlds.episodes import EpisodeTable
 
 
-def _summary(x: np.ndarray) -> dict[str, list[float]]:
-    x = x.astype(np.float64)
+def _summary(values: np.ndarray) -> dict[str, list[float]]:
+    values = values.astype(np.float64)
     return {
-        "mean": x.mean(0).tolist(),
-        "std": x.std(0).tolist(),
-        "max": x.max(0).tolist(),
-        "min": x.min(0).tolist(),
-        "q01": np.quantile(x, 0.01, axis=0).tolist(),
-        "q99": np.quantile(x, 0.99, axis=0).tolist(),
+        "mean": values.mean(0).tolist(),
+        "std": values.std(0).tolist(),
+        "max": values.max(0).tolist(),
+        "min": values.min(0).tolist(),
+        "q01": np.quantile(values, 0.01, axis=0).tolist(),
+        "q99": np.quantile(values, 0.99, axis=0).tolist(),
     }
 
 

@@ -67,7 +67,7 @@ class StreamConfig:
     sharding: str = "episodes"
     start_sample: int = 0  # skip this many samples of this rank's stream (exact resume)
     n_shot_episodes: int | None = None  # K episodes per task (statistics of the subset only)
-    heldout_episode_fraction: float = 0.05  # the reference trains on train[:95%]
+    heldout_episode_fraction: float = 0.05  # the last 5% of the episodes are held out (the original OpenVLA split)
     use_heldout_episodes: bool = False  # stream the held-out episodes instead (offline evaluation)
     drop_last_chunk_frames: bool = True  # KEEP: the last 7 frames of an episode are never current frames
     statistics: dict[str, Any] | None = None  # normalise with these (e.g. a checkpoint's) instead of computing
@@ -77,6 +77,7 @@ class StreamConfig:
     prefetch: bool = True
 
     def validate(self) -> None:
+        """Reject bad values, naming the training flag each one comes from."""
         if self.num_images < 1:
             raise ValueError(f"--num_images_in_input must be >= 1 (got {self.num_images})")
         if not 0 <= self.rank < self.world_size:
@@ -89,6 +90,10 @@ class StreamConfig:
             raise ValueError(f"--shuffle_buffer_size must be >= 1 (got {self.shuffle_buffer_size})")
         if self.sharding not in ("episodes", "samples"):
             raise ValueError(f"--data_sharding must be episodes or samples (got {self.sharding!r})")
+        if not 0 <= self.heldout_episode_fraction < 1:
+            raise ValueError(f"--heldout_episode_fraction must be in [0, 1) (got {self.heldout_episode_fraction})")
+        if self.shuffle_buffer_ram_gb is not None and not self.shuffle_buffer_ram_gb > 0:
+            raise ValueError(f"--shuffle_buffer_ram_gb must be > 0 (got {self.shuffle_buffer_ram_gb})")
 
 
 @dataclass
@@ -119,15 +124,15 @@ def _traj_transform(
         action = normalize_tf(steps["action"], stats["action"], kind)
         proprio = normalize_tf(steps["observation"]["proprio"], stats["proprio"], kind)
         chunks, frames = chunk_actions(action, future, drop_last)
-        n = tf.shape(frames)[0]
+        num_frames = tf.shape(frames)[0]
         return {
             # cameras renamed "0", "1", ... in role order, so that datasets of a mixture share one structure
             "images": {str(i): tf.gather(steps["observation"][cam], frames) for i, cam in enumerate(cameras)},
             "action": chunks,
             "proprio": tf.gather(proprio, frames),
             "instruction": tf.gather(steps[config.language_key], frames),
-            "dataset_name": tf.fill([n], config.name),
-            "episode_index": tf.fill([n], index),
+            "dataset_name": tf.fill([num_frames], config.name),
+            "episode_index": tf.fill([num_frames], index),
             "frame_index": tf.cast(frames, tf.int64),
         }
 

@@ -70,10 +70,9 @@ def traj_map(ds: Any, fn: Callable[..., Any], parallel: int | None = None) -> An
 def flatten(ds: Any, cycle_length: int = 4, parallel: int | None = None) -> Any:
     """Trajectories of stacked frames -> frames, interleaving a few trajectories at a time.
 
-    Frames are split off with `unbatch`, which gives each frame tensors of its own. `from_tensor_slices` would hand
-    out views that keep their whole trajectory alive: in a shuffle buffer that turns over across epochs, that held
-    several copies of every episode (+0.6 GB resident memory over 20k samples of synthetic LIBERO-Spatial before
-    it levelled off, against +0.05 GB now).
+    Frames are split off with `unbatch`, which gives each frame tensors of its own. (`from_tensor_slices` hands out
+    views that keep their whole trajectory alive: in a shuffle buffer that turns over across epochs they hold several
+    copies of every episode, +0.6 GB resident memory over 20k samples of synthetic LIBERO-Spatial against +0.05 GB.)
     """
     return ds.interleave(
         lambda trajectory: tf.data.Dataset.from_tensors(trajectory).unbatch(),

@@ -25,11 +25,11 @@ CROP_SCALE = 0.9
 AUGMENT_ORDER = ("random_resized_crop", "random_brightness", "random_contrast", "random_saturation", "random_hue")
 
 
-def normalize_tf(x: Any, stats: Mapping[str, Any], kind: NormalizationType) -> Any:
+def normalize_tf(values: Any, stats: Mapping[str, Any], kind: NormalizationType) -> Any:
     """tf version of `prismatic.vla.normalization.normalize` (same formula, mask and degenerate-dim rule)."""
     lo, hi, mask, degenerate = normalization_params(stats, kind)
-    scaled = tf.clip_by_value(2.0 * (x - lo) / (hi - lo + 1e-8) - 1.0, -1.0, 1.0)
-    out = tf.where(tf.constant(mask), scaled, x)
+    scaled = tf.clip_by_value(2.0 * (values - lo) / (hi - lo + 1e-8) - 1.0, -1.0, 1.0)
+    out = tf.where(tf.constant(mask), scaled, values)
     return tf.where(tf.constant(degenerate), tf.zeros_like(out), out)
 
 
@@ -56,16 +56,16 @@ def _crop_box(offset: Any, side: float) -> Any:
 def augment_image(image: Any, seed: Any) -> Any:
     """The training augmentation on one uint8 (H, W, 3) image with a stateless int32 seed pair."""
     size = tf.shape(image)[:2]
-    x = tf.image.convert_image_dtype(image, tf.float32)
+    pixels = tf.image.convert_image_dtype(image, tf.float32)
     seeds = tf.random.experimental.stateless_split(seed, num=len(AUGMENT_ORDER))
     side = math.sqrt(CROP_SCALE)  # scale 0.9, ratio 1 -> a square of side sqrt(0.9)
     offset = tf.random.stateless_uniform([2], seed=seeds[0], minval=0.0, maxval=1.0 - side)
-    x = tf.image.crop_and_resize(x[None], _crop_box(offset, side), [0], size)[0]
-    x = tf.clip_by_value(tf.image.stateless_random_brightness(x, 0.2, seeds[1]), 0.0, 1.0)
-    x = tf.clip_by_value(tf.image.stateless_random_contrast(x, 0.8, 1.2, seeds[2]), 0.0, 1.0)
-    x = tf.clip_by_value(tf.image.stateless_random_saturation(x, 0.8, 1.2, seeds[3]), 0.0, 1.0)
-    x = tf.clip_by_value(tf.image.stateless_random_hue(x, 0.05, seeds[4]), 0.0, 1.0)
-    return tf.image.convert_image_dtype(x, tf.uint8, saturate=True)
+    pixels = tf.image.crop_and_resize(pixels[None], _crop_box(offset, side), [0], size)[0]
+    pixels = tf.clip_by_value(tf.image.stateless_random_brightness(pixels, 0.2, seeds[1]), 0.0, 1.0)
+    pixels = tf.clip_by_value(tf.image.stateless_random_contrast(pixels, 0.8, 1.2, seeds[2]), 0.0, 1.0)
+    pixels = tf.clip_by_value(tf.image.stateless_random_saturation(pixels, 0.8, 1.2, seeds[3]), 0.0, 1.0)
+    pixels = tf.clip_by_value(tf.image.stateless_random_hue(pixels, 0.05, seeds[4]), 0.0, 1.0)
+    return tf.image.convert_image_dtype(pixels, tf.uint8, saturate=True)
 
 
 def center_crop(image: Any, scale: float = CROP_SCALE) -> Any:
@@ -74,13 +74,13 @@ def center_crop(image: Any, scale: float = CROP_SCALE) -> Any:
     Accepts (H, W, 3) or (N, H, W, 3) tensors or numpy arrays; shared by offline evaluation and LIBERO rollouts.
     """
     batched = len(image.shape) == 4
-    x = tf.image.convert_image_dtype(tf.convert_to_tensor(image), tf.float32)
+    pixels = tf.image.convert_image_dtype(tf.convert_to_tensor(image), tf.float32)
     if not batched:
-        x = x[None]
+        pixels = pixels[None]
     side = math.sqrt(scale)
     offset = (1.0 - side) / 2.0
-    n = tf.shape(x)[0]
-    boxes = tf.tile(tf.constant([[offset, offset, offset + side, offset + side]], tf.float32), [n, 1])
-    out = tf.image.crop_and_resize(x, boxes, tf.range(n), tf.shape(x)[1:3])
+    num_images = tf.shape(pixels)[0]
+    boxes = tf.tile(tf.constant([[offset, offset, offset + side, offset + side]], tf.float32), [num_images, 1])
+    out = tf.image.crop_and_resize(pixels, boxes, tf.range(num_images), tf.shape(pixels)[1:3])
     out = tf.image.convert_image_dtype(out, tf.uint8, saturate=True)
     return out if batched else out[0]

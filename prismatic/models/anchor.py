@@ -1,4 +1,5 @@
-"""CRaFT glue for the VLA-Adapter policy: token masks, retention features, and the frozen anchor theta_0.
+"""CRaFT glue for the VLA-Adapter policy: token masks, retention features, and the frozen anchor theta_0 (used by
+training and by offline evaluation).
 
 * With LoRA the anchor is the same model with its adapters disabled (peft keeps the initial action queries as the
   frozen original of `modules_to_save`): no weight copy, no weight swapping.
@@ -16,15 +17,16 @@ from peft import PeftModel
 from torch import nn
 
 from craft import CRaFTConfig, TokenMasks, deepest_hidden_state_index, extract_features
+from prismatic.models.batch import PolicyBatch
 from prismatic.models.vlm import PrismaticVLM, VLMOutput
 
 
 def token_masks(out: VLMOutput) -> TokenMasks:
     """Vision tokens (the patches after the first prompt token), prompt tokens and the 64 action queries."""
-    b, s = out.attention_mask.shape
-    positions = torch.arange(s, device=out.attention_mask.device)
-    vision = ((positions >= 1) & (positions <= out.num_patches)).expand(b, s)
-    action_query = torch.zeros(b, s, dtype=torch.bool, device=positions.device)
+    batch_size, length = out.attention_mask.shape
+    positions = torch.arange(length, device=out.attention_mask.device)
+    vision = ((positions >= 1) & (positions <= out.num_patches)).expand(batch_size, length)
+    action_query = torch.zeros(batch_size, length, dtype=torch.bool, device=positions.device)
     action_query.scatter_(1, out.query_positions + out.num_patches, True)
     return TokenMasks(vision=vision, prompt=out.prompt_mask, action_query=action_query)
 
@@ -61,20 +63,9 @@ class Anchor:
         )
 
     @torch.no_grad()
-    def features(
-        self,
-        pixel_values: torch.Tensor,
-        input_ids: torch.Tensor,
-        attention_mask: torch.Tensor,
-        query_mask: torch.Tensor,
-    ) -> torch.Tensor:
-        inputs = {
-            "pixel_values": pixel_values,
-            "input_ids": input_ids,
-            "attention_mask": attention_mask,
-            "query_mask": query_mask,
-            "stop_after_layer": self.deepest,
-        }
+    def features(self, batch: PolicyBatch) -> torch.Tensor:
+        """f~ of the initial model on `batch` (the anchor forward stops at the deepest layer the features need)."""
+        inputs = {**batch.vlm_inputs(), "stop_after_layer": self.deepest}
         if self.frozen_copy:
             out = self.vlm(**inputs)
         else:
