@@ -15,6 +15,8 @@
 #   BATCH_SIZE, GRAD_ACCUMULATION_STEPS, LEARNING_RATE, SAVE_FREQ [finetune.py's defaults; each passed
 #   only when set]
 #   EVAL [libero | offline | none; default libero]  EVAL_TRIALS [50]  EVAL_WORKERS [4]  EVAL_ARGS [""]
+#   HELDOUT_FRACTION [0.05 with EVAL=offline, else unset: runs train on every episode, like VLA-Adapter; when set,
+#   the last HELDOUT_FRACTION of the episodes is kept out of training for the offline evaluation]
 #   DRY_RUN [0; 1 prints the commands only]  SMOKE [0; 1 = tiny assets, synthetic data, a few steps, offline eval;
 #   missing assets are built first, SMOKE_EPISODES_PER_TASK (5) synthetic episodes per task]
 set -uo pipefail
@@ -43,6 +45,7 @@ sweep_defaults() {
   : "${WANDB_PROJECT:=vla-craft}"
   : "${EXTRA_ARGS:=}"
   : "${EVAL:=libero}"
+  if [[ "$EVAL" == "offline" ]]; then : "${HELDOUT_FRACTION:=0.05}"; fi
   : "${EVAL_TRIALS:=50}"
   : "${EVAL_WORKERS:=4}"
   : "${EVAL_ARGS:=}"
@@ -115,6 +118,7 @@ _train_command() {
     [[ -n "${GRAD_ACCUMULATION_STEPS:-}" ]] && optional+=(--grad_accumulation_steps "$GRAD_ACCUMULATION_STEPS")
     [[ -n "${LEARNING_RATE:-}" ]] && optional+=(--learning_rate "$LEARNING_RATE")
     [[ -n "${SAVE_FREQ:-}" ]] && optional+=(--save_freq "$SAVE_FREQ")
+    [[ -n "${HELDOUT_FRACTION:-}" ]] && optional+=(--heldout_episode_fraction "$HELDOUT_FRACTION")
     _q "${launch[@]}" --vlm_path "$VLM_PATH" --config_file_path "$CONFIG_FILE_PATH" \
       --data_root_dir "$DATA_ROOT_DIR" --run_root_dir "$dir" --run_id_override "$name" --max_steps "$steps" \
       "${optional[@]}" --use_wandb "$USE_WANDB" --wandb_project "$WANDB_PROJECT"

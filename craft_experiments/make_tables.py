@@ -183,7 +183,7 @@ def build_tables(runs: list[Run], seeds: int = 3) -> dict[str, Table]:
     if have_success:
         specs.append(("success", True, "LIBERO success rate (%)"))
     if have_offline:
-        specs.append(("heldout_l1", False, "held-out action L1 (normalised)"))
+        specs.append(("heldout_l1", False, "held-out action L1 (normalised; episodes the sweep kept out of training)"))
     for metric, percent, label in specs:
         suffix = "" if metric == "success" else "_offline"
         body, missing = _grid(runs, "1", METHODS, SUITES, lambda r, c: f"{c}-{r}", metric, percent, seeds, True)

@@ -80,6 +80,7 @@ def test_matches_the_real_vla_adapter_bundle(full_bundle: Path, tokenizer: PreTr
         "vision_backbone_id",
         "use_fused_vision_backbone",
         "model_type",
+        "auto_map",
     ):
         assert ours_cfg[key] == real_cfg[key], key
     for name in ("preprocessor_config.json", "special_tokens_map.json", "generation_config.json"):

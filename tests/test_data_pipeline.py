@@ -66,6 +66,26 @@ STATS = {
 }
 
 
+def test_normalisation_span_is_formed_in_float64_and_rounded_once_like_the_reference() -> None:
+    """The reference's statistics are float64 numpy arrays: `hi - lo + 1e-8` is rounded to float32 once."""
+    stats = {"q01": [0.1, 0.013], "q99": [0.7, 0.3333], "min": [0.0, 0.0], "max": [1.0, 1.0]}
+    lo64, hi64 = np.array(stats["q01"]), np.array(stats["q99"])
+    span32 = (hi64 - lo64 + 1e-8).astype(np.float32)
+    assert (span32 != hi64.astype(np.float32) - lo64.astype(np.float32) + np.float32(1e-8)).all()  # rounding matters
+    raw = np.random.default_rng(1).uniform(0.0, 0.8, (64, 2)).astype(np.float32)
+    expected = np.clip(np.float32(2) * (raw - lo64.astype(np.float32)) / span32 - np.float32(1), -1, 1)
+    frames = normalize_tf(tf.constant(raw), stats, NormalizationType.BOUNDS_Q99).numpy()
+    np.testing.assert_array_equal(frames, expected)  # training frames: the reference's float32 ops, exactly
+    proprio = raw.astype(np.float64)  # the simulator's proprio is float64: the reference stays in float64
+    np.testing.assert_array_equal(
+        normalize(proprio, stats), np.clip(2 * (proprio - lo64) / (hi64 - lo64 + 1e-8) - 1, -1, 1)
+    )
+    actions = np.random.default_rng(2).uniform(-1, 1, (8, 2)).astype(np.float32)  # the head's float32 output
+    np.testing.assert_array_equal(
+        unnormalize(actions, stats), (0.5 * (actions + 1) * (hi64 - lo64 + 1e-8) + lo64).astype(np.float32)
+    )
+
+
 def test_normalize_round_trip_in_numpy_torch_and_tf() -> None:
     rng = np.random.default_rng(0)
     raw = np.stack([rng.uniform(-0.5, 0.5, 50), rng.uniform(0, 2, 50), rng.uniform(-3, 3, 50)], 1).astype(np.float32)
@@ -129,6 +149,16 @@ def test_center_crop_is_the_central_sqrt_scale_square() -> None:
     offset = (223 - side) / 2
     assert abs(float(out[100, 0, 0]) - offset) <= 1.0 and abs(float(out[100, -1, 0]) - (offset + side)) <= 1.0
     assert center_crop(np.stack([ramp, ramp])).shape == (2, 224, 224, 3)
+    # the reference forms the box in float32 (tf.sqrt(0.9), then offsets): not float64 rounded once
+    side32 = np.sqrt(np.float32(0.9))
+    offset32 = (np.float32(1) - side32) / np.float32(2)
+    assert offset32 != np.float32((1 - np.sqrt(0.9)) / 2)
+    image = np.random.default_rng(0).integers(0, 256, (224, 224, 3), dtype=np.uint8)
+    box = np.array([[offset32, offset32, offset32 + side32, offset32 + side32]], np.float32)
+    pixels = tf.image.convert_image_dtype(image, tf.float32)[None]
+    expected = tf.image.crop_and_resize(pixels, box, [0], (224, 224))
+    expected = tf.image.convert_image_dtype(expected, tf.uint8, saturate=True)[0].numpy()
+    np.testing.assert_array_equal(center_crop(image).numpy(), expected)
 
 
 # -- statistics, splits, few-shot ---------------------------------------------------------------------------------
@@ -161,13 +191,24 @@ def test_statistics_equal_a_direct_numpy_computation(data_root: Path) -> None:
     assert stats["num_transitions"] == len(actions) and stats["num_trajectories"] == len(instructions) == 30
 
 
-def test_len_is_the_number_of_training_transitions(data_root: Path) -> None:
+def test_default_split_follows_the_reference_rules(data_root: Path) -> None:
+    """VLA-Adapter / openvla-oft read `split="train"`: every episode, every frame but the last 7 of each, and report
+    the statistics' `num_transitions` as the dataset length; an episode's last chunk is its last 8 actions."""
     dataset = RLDSDataset(data_root, SPATIAL, shuffle_buffer_size=100)
-    train, heldout = train_heldout_split(30, 0.05)
-    assert (len(train), len(heldout)) == (28, 2)  # train[:95%] of 30 episodes, as the reference
-    table = dataset.info.tables[SPATIAL]
-    assert len(dataset) == int(table.lengths[train].sum())
-    assert dataset.info.num_frames == int((table.lengths[train] - 7).sum())
+    table, stats = dataset.info.tables[SPATIAL], dataset.dataset_statistics[SPATIAL]
+    assert dataset.info.selected_episodes[SPATIAL] == list(range(30))  # nothing held out by default
+    assert len(dataset) == stats["num_transitions"] == int(table.lengths.sum())
+    assert train_heldout_split(30, 0.05) == (list(range(28)), [28, 29])  # opt-in: the original OpenVLA's train[:95%]
+    stream, info = build_frame_stream(stream_cfg(data_root, train=False))
+    frames: dict[int, list[dict[str, Any]]] = {}
+    for sample in stream.as_numpy_iterator():
+        frames.setdefault(int(sample["episode_index"]), []).append(sample)
+    assert sorted(frames) == list(range(30)) and info.num_frames == int((table.lengths - 7).sum())
+    for episode, samples in frames.items():
+        assert [int(s["frame_index"]) for s in samples] == list(range(int(table.lengths[episode]) - 7))
+        actions, _ = table.gather([episode])
+        last_eight = normalize(actions[-8:], stats["action"])
+        np.testing.assert_allclose(samples[-1]["action"], last_eight, atol=1e-6)
 
 
 def test_few_shot_is_deterministic_per_seed_and_per_task(data_root: Path) -> None:
@@ -182,8 +223,8 @@ def test_few_shot_is_deterministic_per_seed_and_per_task(data_root: Path) -> Non
     actions, _ = table.gather(info_seed1.selected_episodes[SPATIAL])
     np.testing.assert_allclose(info_seed1.statistics[SPATIAL]["action"]["mean"], actions.mean(0), rtol=1e-5, atol=1e-6)
     assert info_seed1.statistics[SPATIAL]["num_trajectories"] == 20
-    with pytest.raises(ValueError, match="--n_shot_episodes 3: task"):
-        build_frame_stream(stream_cfg(data_root, n_shot_episodes=3))  # some tasks lost an episode to held-out
+    with pytest.raises(ValueError, match="--n_shot_episodes 3: task"):  # some tasks lost an episode to held-out
+        build_frame_stream(stream_cfg(data_root, n_shot_episodes=3, heldout_episode_fraction=0.05))
     with pytest.raises(ValueError, match="only 1 training"):
         select_few_shot(table, [0, 3], 2, seed=0)
 
@@ -239,7 +280,8 @@ def test_ddp_ranks_read_disjoint_shards_with_different_seeds(data_root: Path) ->
 
 
 def test_eval_stream_reads_heldout_episodes_once_in_order(data_root: Path) -> None:
-    stream, info = build_frame_stream(stream_cfg(data_root, train=False, use_heldout_episodes=True, center_crop=True))
+    heldout = {"use_heldout_episodes": True, "heldout_episode_fraction": 0.05}
+    stream, info = build_frame_stream(stream_cfg(data_root, train=False, center_crop=True, **heldout))
     samples = list(stream.as_numpy_iterator())
     assert {int(s["episode_index"]) for s in samples} == set(info.selected_episodes[SPATIAL]) == {28, 29}
     assert len(samples) == info.num_frames

@@ -124,11 +124,13 @@ def test_guide_metric_names_exist_in_the_code() -> None:
     import dataclasses
 
     from craft import CRaFTStepStats
-    from prismatic.training import metrics
+    from prismatic.training import metrics, validation
 
     guide = (REPO_ROOT / "docs" / "TRAINING_AND_EVALUATION.md").read_text()
-    documented = set(re.findall(r"`((?:VLA Train|CRaFT|System)/[^`]+)`", guide))
+    documented = set(re.findall(r"`((?:VLA Train|VLA Val|CRaFT|System)/[^`]+)`", guide))
     named = {v for k, v in vars(metrics).items() if k.isupper() and isinstance(v, str) and "/" in v}
+    named.discard(metrics.VALIDATION_PREFIX)
+    named |= {v for k, v in vars(validation).items() if k.startswith("VAL_")}
     craft_keys = set(metrics.craft_metrics(CRaFTStepStats(*[0] * len(dataclasses.fields(CRaFTStepStats)))))
     assert craft_keys <= named
     emitted = named

@@ -11,7 +11,14 @@ import pytest
 from helpers.fake_libero import EEF_POS, EEF_QUAT, GRIPPER_QPOS
 
 from prismatic.eval.policy_adapter import ChunkPolicy
-from prismatic.eval.protocol import NUM_STEPS_WAIT, WAIT_ACTION, Protocol, postprocess_actions, quat2axisangle
+from prismatic.eval.protocol import (
+    NUM_STEPS_WAIT,
+    WAIT_ACTION,
+    Protocol,
+    postprocess_actions,
+    quat2axisangle,
+    statistics_key,
+)
 from prismatic.eval.runner import EPISODES_FILE, RESULTS_FILE, EvalSettings, evaluate
 
 FACTORY = "helpers.fake_libero:FakeLiberoFactory"
@@ -157,3 +164,62 @@ def test_real_libero_smoke(tmp_path: Path) -> None:
     obs, _, done, _ = handle.env.step(list(WAIT_ACTION))
     assert not done
     handle.env.close()
+
+
+def test_vla_adapter_evaluation_flags(tmp_path: Path, tiny_assets: tuple[Path, Path]) -> None:
+    """VLA-Adapter's evaluation command line runs as is; a flag contradicting the checkpoint stops with the reason."""
+    import torch
+
+    from prismatic.models.loaders import PolicySpec, load_prismatic_vlm
+    from prismatic.models.policy import VLAAdapterPolicy
+    from prismatic.models.savers import save_policy
+    from prismatic.vla.constants import LIBERO_CONSTANTS
+
+    from conftest import REPO_ROOT, run_python
+
+    torch.manual_seed(0)
+    policy = VLAAdapterPolicy(load_prismatic_vlm(tiny_assets[0], num_images=2), LIBERO_CONSTANTS)
+    stats = {
+        "libero_spatial_no_noops": {
+            "action": {"q01": [-0.5] * 6 + [0.0], "q99": [0.5] * 6 + [1.0], "mask": [True] * 6 + [False]},
+            "proprio": {"q01": [-1.0] * 8, "q99": [1.0] * 8},
+        }
+    }
+    ckpt = save_policy(tmp_path / "LIBERO-Spatial-Pro", policy, PolicySpec(), tiny_assets[1], stats)
+    reference_flags = [
+        *("--pretrained_checkpoint", str(ckpt), "--task_suite_name", "libero_spatial"),
+        *("--use_proprio", "True", "--num_images_in_input", "2", "--use_film", "False"),
+        *("--use_pro_version", "True", "--num_trials_per_task", "1", "--seed", "7"),
+    ]
+    ours = ["--env_factory", "helpers.fake_libero:CommandLineFakeLiberoFactory", "--num_workers", "0"]
+    ours += ["--max_steps", "16", "--results_dir", str(tmp_path / "results")]
+    script = str(REPO_ROOT / "vla-scripts" / "eval_libero.py")
+    env = {"PYTHONPATH": str(REPO_ROOT / "tests")}
+    proc = run_python([script, *reference_flags, *ours], env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    saved = json.loads((tmp_path / "results" / RESULTS_FILE).read_text())
+    assert saved["total"]["trials"] == 2 and saved["protocol"]["num_open_loop_steps"] == 8
+    assert saved["setup"]["statistics_key"] == "libero_spatial_no_noops"  # VLA-Adapter's rule: suite, then no_noops
+    assert saved["setup"]["num_images_in_input"] == 2 and saved["setup"]["num_workers"] == 0
+    assert saved["setup"]["render_backend"] == "egl"
+    for flag, value, message in (
+        ("--use_pro_version", "False", "--use_pro_version False: "),
+        ("--use_proprio", "False", "--use_proprio False: "),
+        ("--use_film", "True", "--use_film True (FiLM conditioning) is not implemented"),
+    ):
+        changed = [*reference_flags]
+        changed[changed.index(flag) + 1] = value
+        proc = run_python([script, *changed, *ours], env=env)
+        last = proc.stderr.strip().splitlines()[-1]
+        assert proc.returncode == 2 and last.startswith(f"error: {message}"), proc.stderr[-2000:]
+        assert "Traceback" not in proc.stderr
+
+
+def test_statistics_key_follows_the_reference_rule() -> None:
+    assert statistics_key("libero_spatial", ["libero_spatial", "libero_spatial_no_noops"]) == "libero_spatial"
+    assert statistics_key("libero_spatial", ["libero_spatial_no_noops", "bridge"]) == "libero_spatial_no_noops"
+    assert statistics_key("libero_spatial", ["a", "b"], requested="b") == "b"
+    with pytest.raises(ValueError, match="no entry for libero_goal or libero_goal_no_noops"):
+        statistics_key("libero_goal", ["libero_spatial_no_noops"])  # a single other entry is not a fallback
+    with pytest.raises(ValueError, match="--unnorm_key 'c' is not in"):
+        statistics_key("libero_spatial", ["a", "b"], requested="c")

@@ -101,3 +101,23 @@ def test_drift_grows_after_training(tmp_path: Path, tiny_assets: tuple[Path, Pat
     assert min(result["cka"]["raw"].values()) < 0.9999
     assert result["cka"]["raw"]["0"] <= 1.0 and all(0.0 <= v <= 1.0 + 1e-9 for v in result["cka"]["raw"].values())
     assert "[eval-offline]" in proc.stdout
+    assert result["heldout_episode_fraction"] == 0.1 and result["heldout_unseen"] is True
+
+
+@pytest.mark.parametrize(
+    ("snapshot", "expected"),
+    [
+        ("heldout_episode_fraction: 0.0\n", "was trained on every episode, so none is held out"),
+        ("dataset_name: libero_spatial_no_noops\n", "does not record the fraction it held out"),
+    ],
+)
+def test_a_run_without_heldout_episodes_needs_an_explicit_fraction(
+    tmp_path: Path, snapshot: str, expected: str
+) -> None:
+    """Runs train on every episode by default (like VLA-Adapter): evaluating one offline must be asked for."""
+    ckpt = tmp_path / "run--6_chkpt"
+    ckpt.mkdir()
+    (ckpt / "finetune_config.yaml").write_text(snapshot)
+    proc = run_python([str(REPO_ROOT / "vla-scripts" / "eval_offline.py"), "--pretrained_checkpoint", str(ckpt)])
+    assert proc.returncode == 2 and "--heldout_episode_fraction" in proc.stderr and expected in proc.stderr
+    assert proc.stderr.count("\n") == 1, proc.stderr

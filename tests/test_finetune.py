@@ -19,7 +19,7 @@ from safetensors.torch import load_file
 
 from craft import CRaFTConfig
 from prismatic.models.loaders import load_policy
-from prismatic.training import checkpointing, metrics
+from prismatic.training import checkpointing, metrics, validation
 from prismatic.training.config import FinetuneConfig, parse_finetune_config
 from prismatic.training.schedule import lr_factor
 from prismatic.training.trainer import NonFiniteTrainingError, train
@@ -47,7 +47,18 @@ def test_craft_run_end_to_end(tmp_path: Path, tiny_assets: tuple[Path, Path], ti
     runs = tmp_path / "runs"
     run_dir = train(
         FinetuneConfig(
-            **tiny_args(tiny_assets, tiny_libero, runs, use_craft=True, craft_retention_budget=0.001, craft_dual_lr=5.0)
+            **tiny_args(
+                tiny_assets,
+                tiny_libero,
+                runs,
+                use_craft=True,
+                craft_retention_budget=0.001,
+                craft_dual_lr=5.0,
+                heldout_episode_fraction=0.1,
+                use_val_set=True,
+                val_freq=2,
+                val_time_limit=3,
+            )
         )
     )
     assert run_dir == runs / "tiny"
@@ -97,6 +108,11 @@ def test_craft_run_end_to_end(tmp_path: Path, tiny_assets: tuple[Path, Path], ti
     assert rows[0][metrics.RET] == 0.0  # the model equals its anchor before the first update
     assert rows[-1][metrics.RET] > 0.001 and rows[-1][metrics.LAMBDA_AFTER] > rows[-1][metrics.LAMBDA_BEFORE] > 0
     assert all(r[metrics.LAMBDA_BEFORE] == p[metrics.LAMBDA_AFTER] for p, r in itertools.pairwise(rows))
+    # --use_val_set: held-out L1 and retention every --val_freq steps, measured on the same frames each time
+    validated = [r for r in rows if validation.VAL_L1 in r]
+    assert [r["step"] for r in validated] == [2, 4]
+    assert all(r[validation.VAL_SAMPLES] >= 2 and 0 < r[validation.VAL_L1] < 2 for r in validated)
+    assert validated[0][validation.VAL_RETENTION] >= 0 and validated[-1][validation.VAL_RETENTION] > 0
     lines = [line for line in (run_dir / "train_progress.log").read_text().splitlines() if line.startswith("Step")]
     assert len(lines) == 4 and all(GUIDE_LINE.match(line) for line in lines), lines
 
@@ -384,6 +400,65 @@ def test_bad_inputs_fail_early_with_the_flag(tmp_path: Path, tiny_assets: tuple[
     # through the command line: one line, exit status 2, before any model is built
     proc = run_python([str(REPO_ROOT / "vla-scripts" / "finetune.py"), *cli({**base, "use_diffusion": True})])
     assert proc.returncode == 2 and "error: --use_diffusion True is not supported" in proc.stderr
+
+
+def test_vla_adapter_readme_command_is_accepted_and_unsupported_requests_are_refused(
+    tiny_assets: tuple[Path, Path], tiny_libero: Path, tmp_path: Path
+) -> None:
+    """VLA-Adapter's README fine-tuning flags (paths substituted) parse and validate; asking for what we lack stops."""
+    readme = {
+        "vlm_path": tiny_assets[0],
+        "config_file_path": tiny_assets[1],
+        "data_root_dir": tiny_libero,
+        "dataset_name": "libero_spatial_no_noops",
+        "run_root_dir": tmp_path / "outputs",
+        "use_film": False,
+        "num_images_in_input": 2,
+        "use_proprio": True,
+        "use_lora": True,
+        "use_fz": False,
+        "use_minivlm": True,
+        "image_aug": True,
+        "num_steps_before_decay": 400000,
+        "max_steps": 400005,
+        "save_freq": 5000,
+        "save_latest_checkpoint_only": False,
+        "merge_lora_during_training": True,
+        "batch_size": 1,
+        "grad_accumulation_steps": 8,
+        "learning_rate": 2e-4,
+        "lora_rank": 64,
+        "use_pro_version": True,
+        "wandb_entity": "YOUR_WANDB_ENTITY",
+        "wandb_project": "libero_spatial_no_noops",
+        "run_id_note": "VLA-Adapter--libero_spatial_no_noops--2025_01_01-00_00_00",
+    }
+    others = {  # the rest of VLA-Adapter's FinetuneConfig, at its values
+        "use_val_set": False,
+        "val_freq": 10000,
+        "val_time_limit": 180,
+        "num_diffusion_steps": 50,
+        "diffusion_sample_freq": 50,
+        "phase": "Training",
+        "phase1_path": "None",
+        "use_l1_regression": True,
+        "use_diffusion": False,
+    }
+    cfg = parse_finetune_config(cli({**readme, **others}))
+    cfg.validate()
+    assert (cfg.batch_size, cfg.grad_accumulation_steps, cfg.lora_rank, cfg.use_minivlm) == (1, 8, 64, True)
+    refused = [
+        ({"use_film": True}, "--use_film True"),
+        ({"use_minivlm": False}, "--use_minivlm False"),
+        ({"use_fz": True}, "--use_fz True"),
+        ({"phase": "Inference"}, "--phase 'Inference'"),
+        ({"use_val_set": True}, "--use_val_set True validates on held-out episodes"),
+    ]
+    for overrides, message in refused:
+        with pytest.raises(ValueError, match=re.escape(message)):
+            parse_finetune_config(cli({**readme, **overrides})).validate()
+    full = parse_finetune_config(cli({**readme, "use_fz": True, "use_lora": False}))
+    full.validate()  # --use_fz True with full fine-tuning is what we do: the whole model is saved
 
 
 def test_craft_flags_are_the_fields_of_craft_config() -> None:

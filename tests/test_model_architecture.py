@@ -198,7 +198,7 @@ def test_pro_block_rope_keeps_the_interleaved_pairing() -> None:
     torch.testing.assert_close(rotate_interleaved(features).flatten(), torch.tensor([-1.0, 0, -3, 2, -5, 4, -7, 6]))
     cos, sin = rope_cos_sin(3, 8, torch.device("cpu"), torch.float32)
     inv_freq = 1.0 / 10000 ** (torch.arange(0, 8, 2).float() / 8)
-    torch.testing.assert_close(cos[2], torch.cat([torch.cos(2 * inv_freq)] * 2))  # half-split layout
+    torch.testing.assert_close(cos[2], torch.cat([torch.cos(2 * inv_freq)] * 2), atol=4e-3, rtol=0)  # half-split
     torch.testing.assert_close(sin[0], torch.zeros(8))
     block = BridgeAttentionBlockPro(896)
     names = {n for n, _ in block.named_parameters()}
@@ -208,6 +208,31 @@ def test_pro_block_rope_keeps_the_interleaved_pairing() -> None:
         for t in ("weight", "bias")
     } | {"ffn.0.weight", "ffn.0.bias", "gating_factor", "film_gen.0.weight", "film_gen.0.bias"}
     assert not block.film_gen[0].weight.requires_grad  # unused, frozen (DDP-safe)
+
+
+def test_rope_tables_reproduce_the_reference_bf16_computation() -> None:
+    """The released heads were trained on rotary tables computed in bf16 (the reference casts the whole head)."""
+    cos, sin = rope_cos_sin(600, 112, torch.device("cpu"), torch.float32)  # full size: 896 / 8 heads
+    pinned = {  # position: (cos at dims 0, 1, 20), (sin at dims 0, 1, 20)
+        257: ((-0.039794921875, -0.97265625, -0.9921875), (-1.0, -0.228515625, -0.1376953125)),
+        259: ((-0.73046875, 0.99609375, -0.96484375), (0.68359375, 0.08837890625, -0.259765625)),
+        300: ((-0.0220947265625, -0.890625, 0.1904296875), (-1.0, 0.451171875, -0.98046875)),
+        511: ((-0.99609375, 0.89453125, 0.9609375), (0.07958984375, 0.443359375, 0.271484375)),
+    }
+    for position, (cos_values, sin_values) in pinned.items():
+        assert cos[position, [0, 1, 20]].tolist() == list(cos_values), position
+        assert sin[position, [0, 1, 20]].tolist() == list(sin_values), position
+    assert torch.equal(cos[256], cos[257]) and torch.equal(cos[259], cos[260]) and torch.equal(sin[259], sin[261])
+    # the reference's mechanism: an fp32 buffer moved to bf16 with its module, bf16 positions, einsum, cos/sin
+    holder = torch.nn.Module()
+    holder.register_buffer("inv_freq", 1.0 / (10000 ** (torch.arange(0, 112, 2).float() / 112)), persistent=False)
+    holder.to(torch.bfloat16)
+    positions = torch.arange(600, dtype=holder.inv_freq.dtype)
+    angles = torch.einsum("i,j->ij", positions, holder.inv_freq)
+    angles = torch.cat([angles, angles], dim=-1)
+    assert torch.equal(cos, angles.cos().float()) and torch.equal(sin, angles.sin().float())
+    exact, _ = rope_cos_sin(600, 112, torch.device("cpu"), torch.float32, table_dtype=torch.float32)
+    assert (cos - exact).abs().max() > 1.0  # the quirk is large on long key sequences
 
 
 def test_training_noise_is_switchable() -> None:

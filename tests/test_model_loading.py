@@ -80,29 +80,52 @@ def test_newest_checkpoint_is_picked(tmp_path: Path) -> None:
         newest_checkpoint(tmp_path / "missing")
 
 
-def test_missing_vision_weights_are_a_clear_error_and_files_fix_it(
-    tmp_path: Path, tiny_assets: tuple[Path, Path]
-) -> None:
-    vlm_dir = tmp_path / "vlm"
-    shutil.copytree(tiny_assets[0], vlm_dir)
-    ckpt = newest_checkpoint(vlm_dir / "checkpoints")
+def _without_vision_weights(tmp_path: Path, vlm_dir: Path) -> tuple[Path, dict[str, torch.Tensor]]:
+    """A copy of a Prismatic folder whose checkpoint lacks vision weights (the Prismatic trainer's default)."""
+    stripped = tmp_path / "vlm"
+    shutil.copytree(vlm_dir, stripped)
+    ckpt = newest_checkpoint(stripped / "checkpoints")
     payload = torch.load(ckpt, weights_only=True)
     vision = payload["model"].pop("vision_backbone")
     torch.save(payload, ckpt)
+    return stripped, vision
+
+
+def _write_timm_files(folder: Path, vision: dict[str, torch.Tensor]) -> None:
+    """The vision weights the way the error message asks for them: timm-named safetensors files."""
+    folder.mkdir()
+    for prefix, spec in (("dino_featurizer.", TINY.dino), ("siglip_featurizer.", TINY.siglip)):
+        part = {k[len(prefix) :]: v.contiguous() for k, v in vision.items() if k.startswith(prefix)}
+        save_file(part, str(folder / f"{spec.timm_id}.safetensors"))
+
+
+def test_missing_vision_weights_are_a_clear_error_and_files_fix_it(
+    tmp_path: Path, tiny_assets: tuple[Path, Path]
+) -> None:
+    vlm_dir, vision = _without_vision_weights(tmp_path, tiny_assets[0])
     with pytest.raises(FileNotFoundError) as err:
         load_prismatic_vlm(vlm_dir)
     message = str(err.value)
     assert "no vision_backbone weights" in message and f"{TINY.dino.timm_id}.safetensors" in message
     assert "--vision_weights_dir" in message
-    # Provide them the way the message says: timm-named safetensors files.
-    weights = tmp_path / "timm"
-    weights.mkdir()
-    for prefix, spec in (("dino_featurizer.", TINY.dino), ("siglip_featurizer.", TINY.siglip)):
-        part = {k[len(prefix) :]: v.contiguous() for k, v in vision.items() if k.startswith(prefix)}
-        save_file(part, str(weights / f"{spec.timm_id}.safetensors"))
-    vlm = load_prismatic_vlm(vlm_dir, vision_weights_dir=weights)
+    _write_timm_files(tmp_path / "timm", vision)
+    vlm = load_prismatic_vlm(vlm_dir, vision_weights_dir=tmp_path / "timm")
     reference = load_prismatic_vlm(tiny_assets[0])
     torch.testing.assert_close(vlm.state_dict(), reference.state_dict())
+
+
+def test_a_518_px_dinov2_position_table_is_resampled_like_timm(tmp_path: Path, tiny_assets: tuple[Path, Path]) -> None:
+    """timm's DINOv2 file holds 37 x 37 positions (518 px); the 224-px model needs 16 x 16 (bicubic, antialiased)."""
+    vlm_dir, vision = _without_vision_weights(tmp_path, tiny_assets[0])
+    dim = vision["dino_featurizer.pos_embed"].shape[-1]
+    table = torch.randn(1, 37 * 37, dim, generator=torch.Generator().manual_seed(0))
+    vision["dino_featurizer.pos_embed"] = table  # the reg4 DINOv2 has no class position (no_embed_class)
+    _write_timm_files(tmp_path / "timm", vision)
+    vlm = load_prismatic_vlm(vlm_dir, vision_weights_dir=tmp_path / "timm")
+    grid = table.reshape(1, 37, 37, dim).permute(0, 3, 1, 2)
+    expected = torch.nn.functional.interpolate(grid, size=(16, 16), mode="bicubic", antialias=True, align_corners=False)
+    expected = expected.permute(0, 2, 3, 1).reshape(1, 256, dim)
+    torch.testing.assert_close(vlm.vision_backbone.featurizer.pos_embed.detach(), expected)
 
 
 def test_corrupt_checkpoint_and_wrong_folder_errors(tmp_path: Path, tiny_assets: tuple[Path, Path]) -> None:
@@ -223,8 +246,48 @@ def test_merge_lora_cli_writes_a_standalone_folder(
     assert proc.returncode == 0, proc.stderr[-2000:]
     merged = tmp_path / "run--7_chkpt--merged"
     assert (merged / "model.safetensors").is_file() and not (merged / "lora_adapter").exists()
+    # what VLA-Adapter's loader (transformers `from_pretrained`) reads: the file's metadata, config.json's fields
+    with (merged / "model.safetensors").open("rb") as handle:
+        header = json.loads(handle.read(int.from_bytes(handle.read(8), "little")))
+    assert header["__metadata__"] == {"format": "pt"}
+    config = json.loads((merged / "config.json").read_text())
+    assert config["auto_map"] == {
+        "AutoConfig": "configuration_prismatic.OpenVLAConfig",
+        "AutoModelForVision2Seq": "modeling_prismatic.OpenVLAForActionPrediction",
+    }
+    assert config["norm_stats"] == STATS == json.loads((merged / "dataset_statistics.json").read_text())
     loaded = load_policy(merged)
     assert loaded.spec.lora is None and loaded.spec.extra["merged_lora"] == {"rank": 4, "dropout": 0.0}
     torch.testing.assert_close(actions(loaded.policy), actions(trained_lora_policy), atol=1e-5, rtol=1e-4)
     again = run_python([str(REPO_ROOT / "vla-scripts" / "merge_lora_weights.py"), "--checkpoint_dir", str(ckpt)])
     assert again.returncode == 2 and "--overwrite True" in again.stderr
+
+
+def test_a_moved_run_and_its_base_vlm_still_load(
+    tmp_path: Path, tiny_assets: tuple[Path, Path], trained_lora_policy: VLAAdapterPolicy
+) -> None:
+    """The base VLM is recorded relative to the checkpoint (and absolute); `base_vlm_path` overrides both."""
+    first = tmp_path / "machine_a"
+    shutil.copytree(tiny_assets[0], first / "vlm")
+    spec = PolicySpec(base_vlm_path=str(first / "vlm"), lora={"rank": 4, "dropout": 0.0})
+    save_policy(first / "runs" / "run--7_chkpt", trained_lora_policy, spec, tiny_assets[1], STATS, step=7, merged=False)
+    ckpt = first / "runs" / "run--7_chkpt"
+    recorded = json.loads((ckpt / "config.json").read_text())["vla_adapter"]
+    assert recorded["base_vlm_path"] == "../../vlm" and recorded["base_vlm_path_absolute"] == str(first / "vlm")
+    adapter = json.loads((ckpt / "lora_adapter" / "adapter_config.json").read_text())
+    assert adapter["base_model_name_or_path"] == str(first / "vlm")  # peft's own loaders find the base
+    expected = actions(trained_lora_policy)
+
+    second = tmp_path / "machine_b"
+    shutil.move(first, second)  # the run and its VLM, together
+    loaded = load_policy(second / "runs" / "run--7_chkpt")
+    assert loaded.spec.base_vlm_path == str(second / "vlm")
+    torch.testing.assert_close(actions(loaded.policy), expected, atol=1e-5, rtol=1e-4)
+
+    alone = tmp_path / "elsewhere" / "run--7_chkpt"
+    shutil.copytree(second / "runs" / "run--7_chkpt", alone)  # the checkpoint alone: neither path holds the VLM
+    with pytest.raises(FileNotFoundError, match="pass --base_vlm_path"):
+        load_policy(alone)
+    torch.testing.assert_close(actions(load_policy(alone, base_vlm_path=second / "vlm").policy), expected)
+    with pytest.raises(FileNotFoundError, match="is not a Prismatic VLM folder"):
+        load_policy(alone, base_vlm_path=tmp_path / "nope")

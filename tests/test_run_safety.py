@@ -128,7 +128,16 @@ def test_a_malicious_pickle_in_any_slot_is_refused_and_never_runs(
             capsys,
         )
         results["offline eval"] = run_script(
-            "eval_offline.py", ["--pretrained_checkpoint", str(ckpt), "--data_root_dir", str(tiny_libero)], capsys
+            "eval_offline.py",
+            [
+                "--pretrained_checkpoint",
+                str(ckpt),
+                "--data_root_dir",
+                str(tiny_libero),
+                "--heldout_episode_fraction",
+                "0.1",
+            ],
+            capsys,
         )
         results["merge"] = run_script("merge_lora_weights.py", ["--checkpoint_dir", str(ckpt)], capsys)
     print({k: v[1] for k, v in results.items()})  # shown in the resolution note (pytest -s)

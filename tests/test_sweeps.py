@@ -62,6 +62,7 @@ def test_table1_plans_every_suite_method_and_seed(tmp_path: Path) -> None:
     assert all("--dataset_name libero_10_no_noops" in c for c in train if "-long-" in c)
     assert all("--max_steps 20000" in c and f"--run_root_dir {tmp_path / 'runs'}/table1-" in c for c in train)
     assert all("--task_suite_name libero_goal" in c for c in evals if "-goal-" in c)
+    assert not any("--heldout_episode_fraction" in c for c in train)  # every episode trains, like VLA-Adapter
 
 
 def test_smoke_mode_builds_its_assets_and_trains_each_suite_on_its_own_data(tmp_path: Path) -> None:
@@ -76,6 +77,7 @@ def test_smoke_mode_builds_its_assets_and_trains_each_suite_on_its_own_data(tmp_
     assert all("--dataset_name libero_goal_no_noops" in c for c in train if "-goal-" in c)
     assert all("--dataset_name libero_10_no_noops" in c for c in train if "-long-" in c)
     assert all("--max_steps 8" in c and "--data_root_dir data/synthetic_libero" in c for c in train)
+    assert all("--heldout_episode_fraction 0.05" in c for c in train)  # the offline evaluation needs unseen episodes
 
 
 def test_table2_and_table4_plans(tmp_path: Path) -> None:
@@ -97,6 +99,7 @@ def test_table2_and_table4_plans(tmp_path: Path) -> None:
     assert "--craft_anchor_type raw_only" in by_name["table4-raw_only-seed42"]
     assert all("--dataset_name libero_10_no_noops" in c for c in train)
     assert all("eval_offline.py" in c for c in evals)
+    assert all("--heldout_episode_fraction 0.05" in c for c in train)
     bad = sweep("table4", tmp_path, DRY_RUN="1", ABLATIONS="no_anchor")
     assert bad.returncode == 2 and "unknown ablation" in bad.stderr
 

@@ -27,7 +27,14 @@ class EvalLiberoConfig:
     results_dir: Path | None = None
     center_crop: bool = True  # for models trained with --image_aug True (the recipes)
     num_images_in_input: int | None = None  # default: from the checkpoint (2 for released LIBERO models)
-    unnorm_key: str | None = None  # dataset statistics entry (default: the suite's *_no_noops, else the only one)
+    base_vlm_path: Path | None = None  # a LoRA checkpoint's base VLM; default: the one it records
+    # VLA-Adapter's evaluation flags, accepted so that its command runs unchanged; the checkpoint decides, a
+    # value that contradicts it is an error
+    use_proprio: bool | None = None  # the checkpoint has a proprio projector
+    use_pro_version: bool | None = None  # the checkpoint's head is the Pro head
+    use_film: bool = False  # FiLM is not implemented
+    unnorm_key: str | None = None  # dataset statistics entry (default: <suite>, then <suite>_no_noops)
+    num_open_loop_steps: int = 8  # actions of each predicted chunk executed before the next query (1-8)
     max_steps: int | None = None  # default: the suite's published value
     seed: int = 7
     libero_assets_dir: Path | None = None  # LIBERO's `assets` folder (meshes and textures)
@@ -47,7 +54,7 @@ def main(cfg: EvalLiberoConfig) -> None:
     import torch
 
     from prismatic.eval.policy_adapter import ChunkPolicy
-    from prismatic.eval.protocol import Protocol, dataset_of, suite_of
+    from prismatic.eval.protocol import Protocol, statistics_key, suite_of
     from prismatic.eval.runner import EvalSettings, evaluate
     from prismatic.models.inference import ActionPredictor
     from prismatic.models.loaders import load_policy
@@ -59,8 +66,12 @@ def main(cfg: EvalLiberoConfig) -> None:
         raise FileNotFoundError(f"--pretrained_checkpoint {cfg.pretrained_checkpoint!s} is not a checkpoint folder")
     if cfg.num_trials_per_task < 1:
         raise ValueError(f"--num_trials_per_task must be >= 1 (got {cfg.num_trials_per_task})")
+    if not 1 <= cfg.num_open_loop_steps <= 8:
+        raise ValueError(f"--num_open_loop_steps must be in 1..8, the action chunk (got {cfg.num_open_loop_steps})")
     if cfg.num_workers < 0:
         raise ValueError(f"--num_workers must be >= 0 (got {cfg.num_workers})")
+    if cfg.use_film:
+        raise ValueError("--use_film True (FiLM conditioning) is not implemented: use --use_film False")
     wandb_settings = resolve_wandb_settings(cfg.wandb_mode, cfg.wandb_project, cfg.wandb_entity, "vla-eval")
     if cfg.render_backend not in ("egl", "osmesa", "glfw"):
         raise ValueError(f"--render_backend must be egl, osmesa or glfw (got {cfg.render_backend!r})")
@@ -77,9 +88,20 @@ def main(cfg: EvalLiberoConfig) -> None:
         if cfg.device == "auto" and torch.cuda.is_available()
         else ("cpu" if cfg.device == "auto" else cfg.device)
     )
-    loaded = load_policy(cfg.pretrained_checkpoint, num_images_in_input=cfg.num_images_in_input)
+    loaded = load_policy(
+        cfg.pretrained_checkpoint, num_images_in_input=cfg.num_images_in_input, base_vlm_path=cfg.base_vlm_path
+    )
+    for flag, wanted, held in (
+        ("--use_proprio", cfg.use_proprio, loaded.spec.use_proprio),
+        ("--use_pro_version", cfg.use_pro_version, loaded.spec.use_pro_version),
+    ):
+        if wanted is not None and wanted != held:
+            raise ValueError(
+                f"{flag} {wanted}: {cfg.pretrained_checkpoint} was trained with {flag.removeprefix('--')}={held} "
+                f"(omit the flag to follow the checkpoint)"
+            )
     stats = loaded.dataset_statistics
-    unnorm_key = cfg.unnorm_key or (dataset_of(suite) if dataset_of(suite) in stats else None)
+    unnorm_key = statistics_key(suite, list(stats), cfg.unnorm_key)
     predictor = ActionPredictor(
         loaded.policy,
         load_tokenizer(cfg.pretrained_checkpoint),
@@ -95,6 +117,7 @@ def main(cfg: EvalLiberoConfig) -> None:
         seed=cfg.seed,
         max_steps=cfg.max_steps,
         center_crop=cfg.center_crop,
+        num_open_loop_steps=cfg.num_open_loop_steps,
     )
     results_dir = cfg.results_dir or cfg.pretrained_checkpoint / f"eval_{suite}"
     settings = EvalSettings(
@@ -107,6 +130,12 @@ def main(cfg: EvalLiberoConfig) -> None:
         max_batch=cfg.max_batch,
         checkpoint=str(cfg.pretrained_checkpoint.resolve()),
         render_backend=cfg.render_backend,
+        setup={
+            "statistics_key": unnorm_key,
+            "num_images_in_input": loaded.spec.num_images_in_input,
+            "use_proprio": loaded.spec.use_proprio,
+            "use_pro_version": loaded.spec.use_pro_version,
+        },
     )
     policy = ChunkPolicy(predictor, loaded.spec.num_images_in_input, cfg.center_crop)
     results = evaluate(settings, policy)

@@ -20,6 +20,7 @@ from prismatic.util.cli import cli_entry
 class MergeLoRAConfig:
     checkpoint_dir: Path = Path("")  # a checkpoint folder with lora_adapter/ (required)
     output_dir: Path | None = None  # default: <checkpoint_dir>--merged
+    base_vlm_path: Path | None = None  # default: the base VLM the checkpoint records (relative, then absolute)
     overwrite: bool = False
 
 
@@ -30,7 +31,7 @@ def main(cfg: MergeLoRAConfig) -> None:
     output = cfg.output_dir or cfg.checkpoint_dir.with_name(cfg.checkpoint_dir.name + "--merged")
     if output.exists() and not cfg.overwrite:
         raise FileExistsError(f"{output} exists; pass --overwrite True to replace it")
-    loaded = load_policy(cfg.checkpoint_dir)
+    loaded = load_policy(cfg.checkpoint_dir, base_vlm_path=cfg.base_vlm_path)
     spec = loaded.spec
     spec.extra = {**spec.extra, "merged_from": str(cfg.checkpoint_dir), "merged_lora": spec.lora}
     spec.lora = None

@@ -3,8 +3,9 @@
 * Action L1 on the (B, 8, 7) chunks, normalised and un-normalised, for the current action and the next 7.
 * Drift: the CRaFT retention loss of the checkpoint's anchor configuration, and linear CKA between the fine-tuned
   and the initial model's pooled features, per LLM layer, for the raw (vision) tokens and the action queries.
-The held-out episodes are the ones training did not use (`--heldout_episode_fraction`, the last 5% by default),
-read in order, so numbers are comparable across runs of the same dataset.
+The held-out episodes are the last `--heldout_episode_fraction` of the episodes, read in order, so numbers are
+comparable across runs of the same dataset; they are unseen only if the run was trained with that held-out fraction
+(training uses every episode by default).
 """
 
 from __future__ import annotations
@@ -51,7 +52,7 @@ def linear_cka(first: np.ndarray | torch.Tensor, second: np.ndarray | torch.Tens
 class OfflineSettings:
     data_root_dir: Path
     dataset_name: str
-    heldout_episode_fraction: float = 0.05
+    heldout_episode_fraction: float
     max_samples: int = 1000
     batch_size: int = 8
     center_crop: bool = True

@@ -37,6 +37,22 @@ def dataset_of(suite: str) -> str:
     return f"{suite_of(suite)}_no_noops"
 
 
+def statistics_key(suite: str, available: list[str], requested: str | None = None) -> str:
+    """The dataset-statistics entry that un-normalises actions: `--unnorm_key` if given, else VLA-Adapter's rule
+    (`<suite>`, then `<suite>_no_noops`); anything else is an error, never a silent fallback."""
+    if requested is not None:
+        if requested not in available:
+            raise ValueError(f"--unnorm_key {requested!r} is not in the checkpoint's statistics ({sorted(available)})")
+        return requested
+    for key in (suite_of(suite), dataset_of(suite)):
+        if key in available:
+            return key
+    raise ValueError(
+        f"the checkpoint's statistics have no entry for {suite_of(suite)} or {dataset_of(suite)} (they have "
+        f"{sorted(available)}): pass --unnorm_key to choose one"
+    )
+
+
 @dataclass(frozen=True)
 class Protocol:
     """Everything that defines an evaluation run, recorded in its results file."""

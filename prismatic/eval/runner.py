@@ -50,6 +50,7 @@ class EvalSettings:
     batch_wait_s: float = 0.05  # how long a policy call may wait for the other workers' requests
     checkpoint: str = ""
     render_backend: str | None = None  # MUJOCO_GL for the workers (egl or osmesa)
+    setup: dict[str, Any] = field(default_factory=dict)  # how the policy was set up (statistics key, images, ...)
 
 
 def read_finished(path: Path) -> dict[tuple[int, int], dict[str, Any]]:
@@ -324,6 +325,12 @@ def summarize(rows: Iterable[dict[str, Any]], settings: EvalSettings, task_ids: 
         "suite": suite_of(settings.protocol.suite),
         "checkpoint": settings.checkpoint,
         "protocol": {**asdict(settings.protocol), "episode_steps": settings.protocol.episode_steps},
+        "setup": {
+            **settings.setup,
+            "num_workers": settings.num_workers,
+            "render_backend": settings.render_backend,
+            "env_factory": settings.env_factory,
+        },
         "per_task": per_task,
         "total": {
             "trials": total_trials,

@@ -29,12 +29,27 @@ class ProprioProjector(nn.Module):
         return self.fc2(self.act_fn1(self.fc1(proprio)))
 
 
+ROPE_TABLE_DTYPE = torch.bfloat16
+
+
 def rope_cos_sin(
-    seq_len: int, head_dim: int, device: torch.device, dtype: torch.dtype, base: float = 10000.0
+    seq_len: int,
+    head_dim: int,
+    device: torch.device,
+    dtype: torch.dtype,
+    base: float = 10000.0,
+    table_dtype: torch.dtype = ROPE_TABLE_DTYPE,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos/sin tables laid out as cat([freqs, freqs]) over the head dimension (KEEP, see `rotate_interleaved`)."""
+    """cos/sin tables laid out as cat([freqs, freqs]) over the head dimension (KEEP, see `rotate_interleaved`).
+
+    KEEP: computed in bfloat16 by default. VLA-Adapter casts the whole head (its non-persistent `inv_freq` buffer
+    included) to bf16 for training and inference, so its tables come from bf16 frequencies, bf16 positions (above
+    256 they collapse: 255, 256, 256, 258, 260, 260, ...) and bf16 angles, cos and sin; the released heads were
+    trained on those tables. `table_dtype=torch.float32` gives the exact tables.
+    """
     inv_freq = 1.0 / (base ** (torch.arange(0, head_dim, 2, device=device, dtype=torch.float32) / head_dim))
-    freqs = torch.outer(torch.arange(seq_len, device=device, dtype=torch.float32), inv_freq)
+    positions = torch.arange(seq_len, device=device, dtype=table_dtype)
+    freqs = torch.einsum("i,j->ij", positions, inv_freq.to(table_dtype))
     emb = torch.cat([freqs, freqs], dim=-1)
     return emb.cos().to(dtype), emb.sin().to(dtype)
 

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from timm.layers import resample_abs_pos_embed
 
 from prismatic.models.lora import load_lora
 from prismatic.models.policy import VLAAdapterPolicy
@@ -65,6 +66,17 @@ def read_prismatic_config(vlm_path: Path) -> dict[str, Any]:
     return config["model"]
 
 
+def fit_position_table(state: dict[str, torch.Tensor], featurizer: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """Resample a timm ViT file's `pos_embed` to the model's patch grid, as timm's pretrained loader does (bicubic,
+    antialiased): DINOv2's timm weights are stored at 518 px (37 x 37 positions), the VLM runs at 224 px (16 x 16)."""
+    table, target = state.get("pos_embed"), getattr(featurizer, "pos_embed", None)
+    if table is None or target is None or table.shape == target.shape:
+        return state
+    prefix_tokens = 0 if getattr(featurizer, "no_embed_class", False) else getattr(featurizer, "num_prefix_tokens", 1)
+    resized = resample_abs_pos_embed(table, new_size=featurizer.patch_embed.grid_size, num_prefix_tokens=prefix_tokens)
+    return {**state, "pos_embed": resized}
+
+
 def _vision_weights_from_files(vlm: PrismaticVLM, folder: Path) -> dict[str, torch.Tensor]:
     out: dict[str, torch.Tensor] = {}
     specs = {"featurizer": vlm.preset.dino, "fused_featurizer": vlm.preset.siglip}
@@ -72,7 +84,8 @@ def _vision_weights_from_files(vlm: PrismaticVLM, folder: Path) -> dict[str, tor
         path = folder / f"{spec.timm_id}.safetensors"
         if not path.is_file():
             raise FileNotFoundError(str(path))
-        for key, value in load_safetensors_file(path).items():
+        featurizer = getattr(vlm.vision_backbone, attr)
+        for key, value in fit_position_table(load_safetensors_file(path), featurizer).items():
             out[f"vision_backbone.{attr}.{re.sub(r'.gamma$', '.scale_factor', key)}"] = value
     return out
 
@@ -114,6 +127,9 @@ def load_prismatic_vlm(
 # ---------------------------------------------------------------------------------------------------------------
 # (b) / (c) fine-tuned policy folders
 # ---------------------------------------------------------------------------------------------------------------
+BASE_VLM_ABSOLUTE = "base_vlm_path_absolute"  # config.json: the base VLM's absolute path beside the relative one
+
+
 @dataclass
 class PolicySpec:
     """How a policy was built; stored as the `vla_adapter` section of this project's checkpoint `config.json`."""
@@ -186,15 +202,50 @@ def read_dataset_statistics(folder: Path) -> dict[str, Any]:
     return json.loads(path.read_text())
 
 
-def load_policy(folder: str | Path, num_images_in_input: int | None = None) -> LoadedPolicy:
-    """Load a released VLA-Adapter folder (b) or one of this project's checkpoints (c), verified by its manifest."""
+def resolve_base_vlm(folder: Path, recorded: str | None, absolute: str | None, override: str | Path | None) -> str:
+    """The base VLM of a checkpoint: `--base_vlm_path` when given, else the recorded path relative to the checkpoint
+    (a run moved together with its VLM), else the absolute path it was trained from (a checkpoint moved alone)."""
+    if override is not None:
+        if not (Path(override) / "config.json").is_file():
+            raise FileNotFoundError(f"--base_vlm_path {override} is not a Prismatic VLM folder (no config.json)")
+        return str(Path(override).resolve())
+    candidates = [folder / recorded if recorded and not Path(recorded).is_absolute() else Path(recorded or "")]
+    if absolute:
+        candidates.append(Path(absolute))
+    for candidate in candidates:
+        if str(candidate) not in ("", ".") and (candidate / "config.json").is_file():
+            return str(candidate.resolve())
+    tried = ", ".join(str(c) for c in candidates if str(c) not in ("", "."))
+    raise FileNotFoundError(
+        f"{folder} needs its base VLM, which is not at {tried or 'a recorded path'}: pass --base_vlm_path "
+        f"<the Prismatic VLM folder it was fine-tuned from>"
+    )
+
+
+def load_policy(
+    folder: str | Path, num_images_in_input: int | None = None, base_vlm_path: str | Path | None = None
+) -> LoadedPolicy:
+    """Load a released VLA-Adapter folder (b) or one of this project's checkpoints (c), verified by its manifest.
+
+    `base_vlm_path` overrides where the base VLM of a LoRA checkpoint is looked for (see `resolve_base_vlm`).
+    """
     folder = Path(folder)
     config_path = folder / "config.json"
     if not config_path.is_file():
         raise FileNotFoundError(f"{config_path} not found: not a VLA-Adapter / project checkpoint folder")
     verify_manifest(folder)
     config = json.loads(config_path.read_text())
-    spec = PolicySpec(**config["vla_adapter"]) if "vla_adapter" in config else PolicySpec()
+    section = dict(config.get("vla_adapter", {}))
+    absolute = section.pop(BASE_VLM_ABSOLUTE, None)
+    spec = PolicySpec(**section)
+    needs_base = (folder / "lora_adapter").is_dir() and not (folder / "model.safetensors").is_file()
+    if needs_base or base_vlm_path is not None:
+        spec.base_vlm_path = resolve_base_vlm(folder, spec.base_vlm_path, absolute, base_vlm_path)
+    elif spec.base_vlm_path:
+        try:
+            spec.base_vlm_path = resolve_base_vlm(folder, spec.base_vlm_path, absolute, None)
+        except FileNotFoundError:
+            spec.base_vlm_path = None  # merged weights stand alone; theta_0 consumers ask for --base_vlm_path
     if num_images_in_input is not None:
         spec.num_images_in_input = num_images_in_input
     head_path = find_component(folder, "action_head")

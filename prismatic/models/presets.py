@@ -199,10 +199,17 @@ def preset_from_openvla_config(config: dict[str, Any]) -> VLMPreset:
 
 
 def openvla_config(preset: VLMPreset) -> dict[str, Any]:
-    """OpenVLA-style `config.json` content for `preset`, the inverse of `preset_from_openvla_config` (no `auto_map`:
-    nothing here runs remote code)."""
+    """OpenVLA-style `config.json` content for `preset`, the inverse of `preset_from_openvla_config`.
+
+    `auto_map` names the classes VLA-Adapter's loaders register (its `update_auto_map` writes the same); our loaders
+    never import code from a checkpoint folder.
+    """
     config: dict[str, Any] = {
         "architectures": ["OpenVLAForActionPrediction"],
+        "auto_map": {
+            "AutoConfig": "configuration_prismatic.OpenVLAConfig",
+            "AutoModelForVision2Seq": "modeling_prismatic.OpenVLAForActionPrediction",
+        },
         "model_type": "openvla",
         "arch_specifier": preset.arch_specifier,
         "hf_llm_id": "",

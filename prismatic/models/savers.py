@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -12,7 +13,7 @@ import yaml
 from peft import PeftModel
 from safetensors.torch import save_file
 
-from prismatic.models.loaders import PolicySpec
+from prismatic.models.loaders import BASE_VLM_ABSOLUTE, PolicySpec
 from prismatic.models.policy import VLAAdapterPolicy
 from prismatic.models.presets import openvla_config
 from prismatic.models.state_dicts import TIED_LM_HEAD, hf_to_native
@@ -25,11 +26,25 @@ from prismatic.util.checkpoint_io import write_manifest
 TOKENIZER_AND_PROCESSOR_FILES = tuple(name for name in BUNDLE_FILES if name != "config.json")
 
 
-def safetensors_ready(state: dict[str, torch.Tensor], vlm: PrismaticVLM) -> dict[str, torch.Tensor]:
-    """Contiguous CPU tensors, without the LM head tied to the embeddings (safetensors forbids aliases)."""
+def save_vlm_weights(state: dict[str, torch.Tensor], vlm: PrismaticVLM, path: Path) -> None:
+    """`model.safetensors` as transformers writes it: contiguous CPU tensors, no LM head tied to the embeddings
+    (safetensors forbids aliases), and `{"format": "pt"}` metadata, without which transformers' `from_pretrained`
+    (VLA-Adapter's loader) refuses the file."""
     if vlm.preset.llm.tie_word_embeddings:
         state = {k: v for k, v in state.items() if k != TIED_LM_HEAD}
-    return {k: v.detach().contiguous().cpu() for k, v in state.items()}
+    save_file({k: v.detach().contiguous().cpu() for k, v in state.items()}, str(path), metadata={"format": "pt"})
+
+
+def portable_spec(spec: PolicySpec, folder: Path) -> dict[str, Any]:
+    """The spec as stored in `config.json`: the base VLM both relative to the checkpoint folder (a run moved together
+    with its VLM still loads) and absolute (a checkpoint moved alone still loads); `folder` is the checkpoint's
+    staging folder, which sits next to the final one, so the relative path is the same."""
+    section = spec.to_dict()
+    if spec.base_vlm_path:
+        base = Path(spec.base_vlm_path).resolve()
+        section["base_vlm_path"] = os.path.relpath(base, Path(folder).resolve())
+        section[BASE_VLM_ABSOLUTE] = str(base)
+    return section
 
 
 def component_filename(component: str, step: int | None) -> str:
@@ -53,7 +68,8 @@ def write_policy_files(
     bundle = Path(config_bundle_dir)
     config = json.loads((bundle / "config.json").read_text()) if (bundle / "config.json").is_file() else {}
     config.update(openvla_config(policy.base_vlm.preset))
-    config["vla_adapter"] = spec.to_dict()
+    config["norm_stats"] = dataset_statistics  # where transformers-style loaders look for them
+    config["vla_adapter"] = portable_spec(spec, folder)
     atomic_write_json(folder / "config.json", config)
     for name in TOKENIZER_AND_PROCESSOR_FILES:
         if (bundle / name).is_file():
@@ -61,11 +77,14 @@ def write_policy_files(
     vlm = policy.vlm
     if isinstance(vlm, PeftModel):
         if merged:
-            save_file(safetensors_ready(merged_state_dict(vlm), policy.base_vlm), str(folder / "model.safetensors"))
+            save_vlm_weights(merged_state_dict(vlm), policy.base_vlm, folder / "model.safetensors")
         else:
+            if spec.base_vlm_path:  # peft's own loaders read the base from adapter_config.json
+                for adapter_config in vlm.peft_config.values():
+                    adapter_config.base_model_name_or_path = str(Path(spec.base_vlm_path).resolve())
             vlm.save_pretrained(str(folder / "lora_adapter"))
     else:
-        save_file(safetensors_ready(vlm.state_dict(), vlm), str(folder / "model.safetensors"))
+        save_vlm_weights(vlm.state_dict(), vlm, folder / "model.safetensors")
     torch.save(policy.action_head.state_dict(), folder / component_filename("action_head", step))
     if policy.proprio_projector is not None:
         torch.save(policy.proprio_projector.state_dict(), folder / component_filename("proprio_projector", step))

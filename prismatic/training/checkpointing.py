@@ -35,13 +35,12 @@ from typing import Any
 
 import torch
 from peft import PeftModel, get_peft_model_state_dict, set_peft_model_state_dict
-from safetensors.torch import save_file
 
 from craft import CRaFTStep
 from prismatic.models.loaders import PolicySpec, check_action_queries, load_component
 from prismatic.models.lora import ADAPTER_WEIGHTS
 from prismatic.models.policy import VLAAdapterPolicy
-from prismatic.models.savers import component_filename, merged_state_dict, safetensors_ready, write_policy_files
+from prismatic.models.savers import component_filename, merged_state_dict, save_vlm_weights, write_policy_files
 from prismatic.models.state_dicts import TIED_LM_HEAD, CheckpointMismatchError, load_state_dict_strict
 from prismatic.training.config import CONFIG_SNAPSHOT, FinetuneConfig, config_snapshot_text
 from prismatic.training.distributed import DistContext, barrier, gather_objects, rng_state, set_rng_state
@@ -273,8 +272,7 @@ class TrainingState:
             folder, policy, self.spec, self.cfg.config_file_path, self.statistics, step=step, merged=not is_lora
         )
         if is_lora and self.cfg.merge_lora_during_training:
-            state = safetensors_ready(merged_state_dict(policy.vlm), policy.base_vlm)
-            save_file(state, str(folder / MERGED_WEIGHTS))
+            save_vlm_weights(merged_state_dict(policy.vlm), policy.base_vlm, folder / MERGED_WEIGHTS)
         torch.save({"weight": trained_action_queries(policy).detach().cpu().clone()}, folder / _queries_file(step))
         atomic_write_text(folder / CONFIG_SNAPSHOT, config_snapshot_text(self.cfg))
         cfg = self.cfg

@@ -41,6 +41,14 @@ class FinetuneConfig:
     config_file_path: Path = Path("pretrained_models/configs")  # config bundle (tokenizer, processor, model config)
     use_l1_regression: bool = True          # continuous actions, L1 loss (the only supported action head)
     use_diffusion: bool = False             # not supported (CRaFT supports only L1 regression)
+    # VLA-Adapter's own model flags, accepted so that its commands run unchanged (see `reference_flag_errors`)
+    use_minivlm: bool = True                # the Qwen2.5-0.5B Prismatic VLM at --vlm_path (the only backbone here)
+    use_film: bool = False                  # FiLM conditioning: not implemented
+    use_fz: bool = False                    # VLA-Adapter: save the whole model, not an adapter (= --use_lora False)
+    phase: str = "Training"
+    phase1_path: str = "None"               # unused, as in VLA-Adapter's trainer
+    num_diffusion_steps: int = 50           # used only with --use_diffusion True (not supported)
+    diffusion_sample_freq: int = 50         # used only with --use_diffusion True (not supported)
     use_pro_version: bool = True            # VLA-Adapter-Pro Bridge-Attention head
     use_proprio: bool = True                # proprio token in the action head
     num_images_in_input: int = 2            # 1 = third-person camera, 2 = + wrist camera
@@ -59,7 +67,11 @@ class FinetuneConfig:
     n_shot_episodes: int | None = None      # K episodes per task (few-shot)
     data_sharding: str = "episodes"         # episodes: disjoint episode shards per process; samples: one global
                                             # stream split by sample (same sequence for any number of processes)
-    heldout_episode_fraction: float = 0.05  # episodes kept out of training (reference: first 95 percent)
+    heldout_episode_fraction: float = 0.0   # last fraction of episodes kept out of training (opt-in; 0 = train
+                                            # on every episode, like VLA-Adapter and openvla-oft)
+    use_val_set: bool = False               # L1 (and retention with CRaFT) on the held-out episodes, as VLA Val/*
+    val_freq: int = 10_000                  # validate every this many steps (with --use_val_set True)
+    val_time_limit: int = 180               # seconds per validation (main process; the others wait)
 
     # -- optimisation ---------------------------------------------------------------------------------------------
     batch_size: int = 8                     # per process; global = batch_size x processes x grad_accumulation_steps
@@ -182,6 +194,8 @@ class FinetuneConfig:
             )
         if not self.use_l1_regression:
             raise ValueError("--use_l1_regression False is not supported: discrete action tokens are not implemented")
+        if errors := reference_flag_errors(self):
+            raise ValueError(errors[0])
         check_finite_floats(self)
         at_least_one = {
             "--batch_size": self.batch_size,
@@ -224,6 +238,16 @@ class FinetuneConfig:
             if (value is not None and not re.fullmatch(r"[\w.+=-]+", value)) or value in (".", ".."):
                 raise ValueError(
                     f"{flag} {value!r}: use letters, digits and . _ - + = only (it names a folder under --run_root_dir)"
+                )
+        if self.use_val_set:
+            if self.heldout_episode_fraction == 0:
+                raise ValueError(
+                    "--use_val_set True validates on held-out episodes, but training uses every episode: add "
+                    "--heldout_episode_fraction 0.05 (the last 5% of the episodes are then kept out of training)"
+                )
+            if self.val_freq < 1 or self.val_time_limit <= 0:
+                raise ValueError(
+                    f"--val_freq must be >= 1 and --val_time_limit > 0 (got {self.val_freq}, {self.val_time_limit})"
                 )
         resolve_mixture(self.dataset_name)  # an unknown dataset fails here, with the registered names
         self.stream_config().validate()  # the data flags
@@ -307,3 +331,23 @@ def save_config_snapshot(cfg: FinetuneConfig, path: Path) -> None:
 def craft_flag_error(err: CRaFTConfigError) -> ValueError:
     """A CRaFT config error in terms of this command line (`--craft_<field>`)."""
     return ValueError(f"--{CRAFT_FLAG_PREFIX}{err.field} {err.reason}")
+
+
+def reference_flag_errors(cfg: FinetuneConfig) -> list[str]:
+    """VLA-Adapter flags that ask for something this trainer does not do (those matching its behaviour pass)."""
+    errors = []
+    if not cfg.use_minivlm:
+        errors.append(
+            "--use_minivlm False asks for the 7B OpenVLA backbone, which is not supported: pass --use_minivlm True "
+            "(the Qwen2.5-0.5B Prismatic VLM at --vlm_path)"
+        )
+    if cfg.use_film:
+        errors.append("--use_film True (FiLM conditioning of the vision features) is not implemented: use False")
+    if cfg.use_fz and cfg.use_lora:
+        errors.append(
+            "--use_fz True saves the whole model instead of a LoRA adapter: fine-tune fully with --use_lora False "
+            "(checkpoints then hold model.safetensors), or keep LoRA with --use_fz False"
+        )
+    if cfg.phase != "Training":
+        errors.append(f"--phase {cfg.phase!r}: this script only trains (--phase Training)")
+    return errors

@@ -57,6 +57,7 @@ GUIDE_METRICS = (
 
 METRICS_FILE = "metrics.jsonl"
 PROGRESS_LOG = "train_progress.log"
+VALIDATION_PREFIX = "VLA Val/"  # metrics of `--use_val_set` (prismatic/training/validation.py)
 # A progress-log line that belongs to a step: `Step 12/100 | ...` or `[finetune] step 12: ...`.
 _STEP_LINE = re.compile(r"^(?:Step (\d+)/|\[[\w-]+\] step (\d+):)")
 
@@ -143,7 +144,8 @@ class MetricsSinks:
         assert self._jsonl is not None and self._progress is not None
         self._jsonl.write(json.dumps({"step": step, **metrics}) + "\n")
         self._jsonl.flush()
-        if self.wandb_run is not None and (step % self.wandb_log_freq == 0 or step == self.max_steps):
+        validated = any(key.startswith(VALIDATION_PREFIX) for key in metrics)  # rare: never held back
+        if self.wandb_run is not None and (step % self.wandb_log_freq == 0 or step == self.max_steps or validated):
             self.wandb_run.log(metrics, step=step)
         if step % self.console_log_freq == 0 or step == self.max_steps:
             line = progress_line(step, self.max_steps, metrics, self.budget)

@@ -48,6 +48,12 @@ ALWAYS_MUTABLE = frozenset(
         "resume_step",
         "resum_vla_path",
         "allow_resume_config_change",
+        "use_val_set",
+        "val_freq",
+        "val_time_limit",
+        "phase1_path",
+        "num_diffusion_steps",
+        "diffusion_sample_freq",
     }
 )
 FIXED_ON_RESUME = {

@@ -56,6 +56,7 @@ from prismatic.training.metrics import MetricsSinks, init_wandb
 from prismatic.training.resume import check_destination, check_resume
 from prismatic.training.schedule import LRSchedule
 from prismatic.training.update_guard import check_adamw_update
+from prismatic.training.validation import Validator
 from prismatic.util.atomic_io import atomic_write_json
 from prismatic.util.cli import USER_ERRORS
 from prismatic.vla.datasets import RLDSDataset
@@ -148,9 +149,10 @@ def open_run(
 
 def build_data(
     cfg: FinetuneConfig, ctx: DistContext, run_dir: Path, info: CheckpointInfo | None
-) -> tuple[RLDSDataset, Iterator[PolicyBatch]]:
+) -> tuple[RLDSDataset, Iterator[PolicyBatch], Validator | None]:
     """This process's batches, positioned after the samples already trained on (before the model: a bad dataset
-    fails in seconds). The run folder records the configuration, statistics and chosen episodes."""
+    fails in seconds), and the main process's validator (`--use_val_set`). The run folder records the configuration,
+    statistics and chosen episodes."""
     tokenizer = load_tokenizer(cfg.config_file_path)
     stream = cfg.stream_config(
         ctx.rank, ctx.world_size, info.step if info is not None else 0, info.statistics if info else None
@@ -160,8 +162,13 @@ def build_data(
         save_config_snapshot(cfg, run_dir / CONFIG_SNAPSHOT)
         save_dataset_statistics(run_dir, dataset.dataset_statistics)
         atomic_write_json(run_dir / "episodes.json", dataset.info.manifest)
+    validator = None
+    if cfg.use_val_set and ctx.is_main:
+        statistics = dataset.dataset_statistics
+        validator = Validator(stream, statistics, tokenizer, cfg.batch_size, cfg.val_time_limit, ctx.device)
     collate = PaddedCollatorForActionPrediction(tokenizer.pad_token_id)
-    return dataset, iter(DataLoader(dataset, batch_size=cfg.batch_size, num_workers=0, collate_fn=collate))
+    batches = iter(DataLoader(dataset, batch_size=cfg.batch_size, num_workers=0, collate_fn=collate))
+    return dataset, batches, validator
 
 
 @dataclass
@@ -388,7 +395,7 @@ def train(cfg: FinetuneConfig) -> Path:
 def _train(cfg: FinetuneConfig, ctx: DistContext) -> Path:
     paths, info, changes = start_checks(cfg, ctx)
     sinks = open_run(cfg, ctx, paths, info, changes)
-    dataset, batches = build_data(cfg, ctx, paths.run_dir, info)
+    dataset, batches, validator = build_data(cfg, ctx, paths.run_dir, info)
     trainee = build_trainee(cfg, ctx, paths, dataset.dataset_statistics, info)
     start_step = info.step if info is not None else 0
     sinks.message(describe_run(cfg, ctx, paths.run_id, trainee, len(dataset), start_step))
@@ -411,6 +418,8 @@ def _train(cfg: FinetuneConfig, ctx: DistContext) -> Path:
         update = apply_update(trainee, cfg, step, means[0])
         record_update(trainee, update, sinks, step)
         row = step_metrics(cfg, ctx, means, grads, update, trainee.state.counters, time.perf_counter() - started)
+        if validator is not None and step % cfg.val_freq == 0:
+            row.update(validator.run(trainee.policy, trainee.anchor, stepper.craft_cfg))
         sinks.log(step, row)
         progress.set_postfix(loss=f"{row[metrics.LOSS]:.4f}", refresh=False)
         stop_if_diverging(cfg, trainee.state.counters, update, step, sinks)

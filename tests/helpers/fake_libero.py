@@ -82,3 +82,10 @@ class FakeLiberoFactory:
     def make(self, suite: str, task_id: int, resolution: int, env_seed: int) -> EnvHandle:
         states = [{**s, "trial": i} for i, s in enumerate(self.scripts[task_id])]
         return EnvHandle(FakeLiberoEnv(task_id, resolution, self.trace_dir), f"fake task {task_id} of {suite}", states)
+
+
+class CommandLineFakeLiberoFactory(FakeLiberoFactory):
+    """For `eval_libero.py --env_factory` (which passes no arguments): two tasks, the first succeeds after 5 steps."""
+
+    def __init__(self) -> None:
+        super().__init__({"0": [{"succeed_after": 5}], "1": [{}]})

@@ -192,8 +192,11 @@ def load_episode_table(builder: Any, config: DatasetConfig, use_cache: bool = Tr
 # selections
 # ---------------------------------------------------------------------------------------------------------------
 def train_heldout_split(num_episodes: int, heldout_fraction: float) -> tuple[list[int], list[int]]:
-    """First round((1 - f) N) episodes train, the rest held out (the original OpenVLA trained on `train[:95%]`);
-    f in [0, 1) is checked by `StreamConfig.validate`."""
+    """First round((1 - f) N) episodes train, the rest held out; f in [0, 1) is checked by `StreamConfig.validate`.
+
+    f = 0 (the default) trains on every episode, as VLA-Adapter and openvla-oft do (`split="train"`); the original
+    OpenVLA trained on `train[:95%]` (f = 0.05).
+    """
     n_train = max(1, round(num_episodes * (1.0 - heldout_fraction)))
     return list(range(n_train)), list(range(n_train, num_episodes))
 

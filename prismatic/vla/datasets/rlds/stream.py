@@ -67,7 +67,7 @@ class StreamConfig:
     sharding: str = "episodes"
     start_sample: int = 0  # skip this many samples of this rank's stream (exact resume)
     n_shot_episodes: int | None = None  # K episodes per task (statistics of the subset only)
-    heldout_episode_fraction: float = 0.05  # the last 5% of the episodes are held out (the original OpenVLA split)
+    heldout_episode_fraction: float = 0.0  # the last fraction of the episodes is held out (0: train on every one)
     use_heldout_episodes: bool = False  # stream the held-out episodes instead (offline evaluation)
     drop_last_chunk_frames: bool = True  # KEEP: the last 7 frames of an episode are never current frames
     statistics: dict[str, Any] | None = None  # normalise with these (e.g. a checkpoint's) instead of computing
@@ -188,7 +188,10 @@ def build_frame_stream(cfg: StreamConfig) -> tuple[Any, StreamInfo]:
         train_eps, heldout_eps = train_heldout_split(table.num_episodes, cfg.heldout_episode_fraction)
         candidates = heldout_eps if cfg.use_heldout_episodes else train_eps
         if not candidates:
-            raise ValueError(f"{config.name}: no held-out episodes (raise --heldout_episode_fraction)")
+            raise ValueError(
+                f"{config.name}: no held-out episodes at --heldout_episode_fraction {cfg.heldout_episode_fraction} "
+                f"(train with e.g. --heldout_episode_fraction 0.05 to evaluate on unseen episodes)"
+            )
         chosen = candidates
         if cfg.n_shot_episodes is not None:
             chosen = select_few_shot(table, candidates, cfg.n_shot_episodes, cfg.seed)

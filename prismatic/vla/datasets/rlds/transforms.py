@@ -26,9 +26,14 @@ AUGMENT_ORDER = ("random_resized_crop", "random_brightness", "random_contrast", 
 
 
 def normalize_tf(values: Any, stats: Mapping[str, Any], kind: NormalizationType) -> Any:
-    """tf version of `prismatic.vla.normalization.normalize` (same formula, mask and degenerate-dim rule)."""
+    """tf version of `prismatic.vla.normalization.normalize` (same formula, mask and degenerate-dim rule).
+
+    As in the reference: `lo` is rounded to the data's dtype, the span `hi - lo + 1e-8` is formed in float64 and
+    rounded once.
+    """
     lo, hi, mask, degenerate = normalization_params(stats, kind)
-    scaled = tf.clip_by_value(2.0 * (values - lo) / (hi - lo + 1e-8) - 1.0, -1.0, 1.0)
+    lo_t, span_t = tf.constant(lo, values.dtype), tf.constant(hi - lo + 1e-8, values.dtype)
+    scaled = tf.clip_by_value(2.0 * (values - lo_t) / span_t - 1.0, -1.0, 1.0)
     out = tf.where(tf.constant(mask), scaled, values)
     return tf.where(tf.constant(degenerate), tf.zeros_like(out), out)
 
@@ -77,10 +82,10 @@ def center_crop(image: Any, scale: float = CROP_SCALE) -> Any:
     pixels = tf.image.convert_image_dtype(tf.convert_to_tensor(image), tf.float32)
     if not batched:
         pixels = pixels[None]
-    side = math.sqrt(scale)
+    side = tf.sqrt(tf.constant(scale, tf.float32))  # float32 box arithmetic, as the reference (1 LSB otherwise)
     offset = (1.0 - side) / 2.0
     num_images = tf.shape(pixels)[0]
-    boxes = tf.tile(tf.constant([[offset, offset, offset + side, offset + side]], tf.float32), [num_images, 1])
+    boxes = tf.tile(tf.stack([offset, offset, offset + side, offset + side])[None], [num_images, 1])
     out = tf.image.crop_and_resize(pixels, boxes, tf.range(num_images), tf.shape(pixels)[1:3])
     out = tf.image.convert_image_dtype(out, tf.uint8, saturate=True)
     return out if batched else out[0]
