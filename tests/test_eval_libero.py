@@ -99,7 +99,9 @@ def test_rollout_loop_in_process(tmp_path: Path) -> None:
     per_task = results["per_task"]
     assert per_task["0"]["successes"] == 1 and per_task["1"]["successes"] == 0
     assert per_task["2"]["errors"] == 1 and per_task["2"]["successes"] == 0
-    assert results["total"] == {"trials": 3, "successes": 1, "success_rate": pytest.approx(1 / 3), "errors": 1}
+    # an errored episode is an error, not a failure: out of the success rate, named, and played again next run
+    assert results["total"] == {"trials": 2, "successes": 1, "success_rate": pytest.approx(1 / 2), "errors": 1}
+    assert results["first_error"]["task_id"] == 2 and "simulated physics failure" in results["first_error"]["error"]
     rows = [json.loads(line) for line in (tmp_path / "results" / EPISODES_FILE).read_text().splitlines()]
     failing = next(r for r in rows if r["task_id"] == 2)
     assert "simulated physics failure" in failing["error"]
@@ -108,6 +110,12 @@ def test_rollout_loop_in_process(tmp_path: Path) -> None:
     saved = json.loads((tmp_path / "results" / RESULTS_FILE).read_text())
     assert saved["protocol"]["num_steps_wait"] == 10 and saved["protocol"]["seed"] == 7
     assert saved["protocol"]["episode_steps"] == 30 and "torch" in saved["versions"]
+    played = {task: len(trace(tmp_path, task, 0)) for task in (0, 1)}
+    fixed = {0: [{"succeed_after": 5}], 1: [{}], 2: [{"succeed_after": 5}]}  # the environment works again
+    again = evaluate(settings(tmp_path, fixed, workers=0), ChunkPolicy(RecordingPredictor(), 2, center_crop=True))
+    assert again["total"] == {"trials": 3, "successes": 2, "success_rate": pytest.approx(2 / 3), "errors": 0}
+    assert again["first_error"] is None
+    assert {task: len(trace(tmp_path, task, 0)) for task in (0, 1)} == played  # only the errored one played again
 
 
 @pytest.mark.multiprocess
@@ -116,7 +124,7 @@ def test_parallel_workers_batch_queries_resume_and_survive_a_crash(tmp_path: Pat
     predictor = RecordingPredictor()
     policy = ChunkPolicy(predictor, 2, center_crop=False)
     results = evaluate(settings(tmp_path, scripts, workers=2), policy)
-    assert results["total"]["trials"] == 6 and results["total"]["successes"] == 3
+    assert (results["total"]["trials"], results["total"]["successes"], results["total"]["errors"]) == (5, 3, 1)
     rows = {
         (r["task_id"], r["trial"]): r
         for r in map(json.loads, (tmp_path / "results" / EPISODES_FILE).read_text().splitlines())
@@ -132,7 +140,8 @@ def test_parallel_workers_batch_queries_resume_and_survive_a_crash(tmp_path: Pat
         (tmp_path / f"task{task}_trial2.jsonl").unlink()
     (tmp_path / "task0_trial0.jsonl").unlink()
     resumed = evaluate(settings(tmp_path, scripts, workers=2), policy)
-    assert resumed["total"]["trials"] == 6 and resumed["total"]["successes"] == 3
+    # the worker crash is played again (and crashes again): still an error, never a failure
+    assert (resumed["total"]["trials"], resumed["total"]["successes"], resumed["total"]["errors"]) == (5, 3, 1)
     assert (tmp_path / "task0_trial2.jsonl").is_file() and (tmp_path / "task1_trial2.jsonl").is_file()
     assert not (tmp_path / "task0_trial0.jsonl").exists()  # finished episodes are not replayed
 
@@ -223,3 +232,30 @@ def test_statistics_key_follows_the_reference_rule() -> None:
         statistics_key("libero_goal", ["libero_spatial_no_noops"])  # a single other entry is not a fallback
     with pytest.raises(ValueError, match="--unnorm_key 'c' is not in"):
         statistics_key("libero_spatial", ["a", "b"], requested="c")
+
+
+def test_errored_episodes_make_the_command_fail(tmp_path: Path, tiny_assets: tuple[Path, Path]) -> None:
+    """An evaluation whose episodes errored exits non-zero with the count and the first error (never a 0% result)."""
+    from prismatic.models.loaders import PolicySpec, load_prismatic_vlm
+    from prismatic.models.policy import VLAAdapterPolicy
+    from prismatic.models.savers import save_policy
+    from prismatic.vla.constants import LIBERO_CONSTANTS
+
+    from conftest import REPO_ROOT, run_python
+
+    policy = VLAAdapterPolicy(load_prismatic_vlm(tiny_assets[0], num_images=2), LIBERO_CONSTANTS)
+    bounds = {"action": {"q01": [-1.0] * 7, "q99": [1.0] * 7}, "proprio": {"q01": [-1.0] * 8, "q99": [1.0] * 8}}
+    ckpt = save_policy(tmp_path / "ckpt", policy, PolicySpec(), tiny_assets[1], {"libero_spatial_no_noops": bounds})
+    proc = run_python(
+        [
+            *(str(REPO_ROOT / "vla-scripts" / "eval_libero.py"), "--pretrained_checkpoint", str(ckpt)),
+            *("--env_factory", "helpers.fake_libero:ErroringFakeLiberoFactory", "--num_workers", "0"),
+            *("--num_trials_per_task", "1", "--max_steps", "16", "--results_dir", str(tmp_path / "results")),
+        ],
+        env={"PYTHONPATH": str(REPO_ROOT / "tests")},
+    )
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: 1 episode(s) errored") and "simulated physics failure" in last
+    saved = json.loads((tmp_path / "results" / RESULTS_FILE).read_text())
+    assert saved["total"] == {"trials": 0, "successes": 0, "success_rate": None, "errors": 1}

@@ -10,6 +10,7 @@ Works with this project's checkpoints and released VLA-Adapter folders. Results 
 Needs the simulator (`bash setup.sh libero`) and LIBERO's assets (`--libero_assets_dir`).
 """
 
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -141,8 +142,8 @@ def main(cfg: EvalLiberoConfig) -> None:
     results = evaluate(settings, policy)
     total = results["total"]
     print(
-        f"[eval] {suite}: {total['successes']}/{total['trials']} = {total['success_rate']:.1%} "
-        f"-> {settings.results_dir / 'eval_results.json'}",
+        f"[eval] {suite}: {total['successes']}/{total['trials']} = {(total['success_rate'] or 0):.1%} "
+        f"({total['errors']} errored) -> {settings.results_dir / 'eval_results.json'}",
         flush=True,
     )
     if cfg.use_wandb and wandb_settings.mode != "disabled":
@@ -163,6 +164,15 @@ def main(cfg: EvalLiberoConfig) -> None:
             }
         )
         run.finish()
+    if total["errors"]:
+        first = results["first_error"]
+        print(
+            f"error: {total['errors']} episode(s) errored and are not counted as failures; re-run the same command to "
+            f"play them again. First: task {first['task_id']} trial {first['trial']}: {first['error']}",
+            file=sys.stderr,
+            flush=True,
+        )
+        raise SystemExit(1)
 
 
 if __name__ == "__main__":

@@ -89,7 +89,7 @@ def run_episode(
                 success = True
                 break
             tick += 1
-    except Exception as err:  # a crashing episode is a failed episode, not a crashed evaluation
+    except Exception as err:  # an errored episode is recorded as an error (retried next run), not a failure
         return EpisodeResult(
             task_id,
             trial,

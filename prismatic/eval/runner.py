@@ -54,7 +54,8 @@ class EvalSettings:
 
 
 def read_finished(path: Path) -> dict[tuple[int, int], dict[str, Any]]:
-    """Episodes already played (a truncated last line from a crash is ignored)."""
+    """Episodes already played to the end (a truncated last line from a crash is ignored). An episode that errored
+    (environment or policy failure) is not finished: the next run plays it again."""
     done: dict[tuple[int, int], dict[str, Any]] = {}
     if path.is_file():
         for line in path.read_text().splitlines():
@@ -62,7 +63,8 @@ def read_finished(path: Path) -> dict[tuple[int, int], dict[str, Any]]:
                 row = json.loads(line)
             except json.JSONDecodeError:
                 continue
-            done[(int(row["task_id"]), int(row["trial"]))] = row
+            if not row.get("error"):
+                done[(int(row["task_id"]), int(row["trial"]))] = row
     return done
 
 
@@ -311,14 +313,16 @@ def summarize(rows: Iterable[dict[str, Any]], settings: EvalSettings, task_ids: 
     all_rows = list(rows)
     for task_id in task_ids:
         mine = [r for r in all_rows if r["task_id"] == task_id]
-        successes = sum(bool(r["success"]) for r in mine)
+        played = [r for r in mine if not r.get("error")]  # an errored episode is neither a success nor a failure
+        successes = sum(bool(r["success"]) for r in played)
         per_task[str(task_id)] = {
             "description": next((r["description"] for r in mine if r.get("description")), ""),
-            "trials": len(mine),
+            "trials": len(played),
             "successes": successes,
-            "success_rate": successes / len(mine) if mine else None,
-            "errors": sum(1 for r in mine if r.get("error")),
+            "success_rate": successes / len(played) if played else None,
+            "errors": len(mine) - len(played),
         }
+    first_error = next((r for r in all_rows if r.get("error")), None)
     total_trials = sum(t["trials"] for t in per_task.values())
     total_successes = sum(t["successes"] for t in per_task.values())
     return {
@@ -338,6 +342,11 @@ def summarize(rows: Iterable[dict[str, Any]], settings: EvalSettings, task_ids: 
             "success_rate": total_successes / total_trials if total_trials else None,
             "errors": sum(t["errors"] for t in per_task.values()),
         },
+        "first_error": (
+            None
+            if first_error is None
+            else {k: first_error[k] for k in ("task_id", "trial", "error") if k in first_error}
+        ),
         "versions": _versions(),
         "finished_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "episodes_file": EPISODES_FILE,

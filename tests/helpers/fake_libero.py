@@ -89,3 +89,10 @@ class CommandLineFakeLiberoFactory(FakeLiberoFactory):
 
     def __init__(self) -> None:
         super().__init__({"0": [{"succeed_after": 5}], "1": [{}]})
+
+
+class ErroringFakeLiberoFactory(FakeLiberoFactory):
+    """For `eval_libero.py --env_factory`: one task whose only episode hits a simulator error."""
+
+    def __init__(self) -> None:
+        super().__init__({"0": [{"raise_at": 3}]})
