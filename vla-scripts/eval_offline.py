@@ -58,13 +58,7 @@ def heldout_fraction(flag: float | None, run_cfg: dict[str, Any], ckpt: Path) ->
 
 @cli_entry
 def main(cfg: EvalOfflineConfig) -> None:
-    import torch
     import yaml
-
-    from craft import CRaFTConfig
-    from prismatic.eval.offline import OfflineSettings, base_vlm_for, evaluate_offline
-    from prismatic.models.loaders import load_policy
-    from prismatic.util.atomic_io import atomic_write_json
 
     ckpt = cfg.pretrained_checkpoint
     if not str(ckpt) or not ckpt.is_dir():
@@ -72,7 +66,15 @@ def main(cfg: EvalOfflineConfig) -> None:
     run_cfg = (
         yaml.safe_load((ckpt / "finetune_config.yaml").read_text()) if (ckpt / "finetune_config.yaml").is_file() else {}
     )
-    fraction, unseen = heldout_fraction(cfg.heldout_episode_fraction, run_cfg, ckpt)
+    fraction, unseen = heldout_fraction(cfg.heldout_episode_fraction, run_cfg, ckpt)  # before the heavy imports
+
+    import torch
+
+    from craft import CRaFTConfig
+    from prismatic.eval.offline import OfflineSettings, base_vlm_for, evaluate_offline
+    from prismatic.models.loaders import load_policy
+    from prismatic.util.atomic_io import atomic_write_json
+
     loaded = load_policy(ckpt, base_vlm_path=cfg.base_vlm_path)
     dataset = cfg.dataset_name or loaded.spec.dataset_name or run_cfg.get("dataset_name")
     if not dataset:
