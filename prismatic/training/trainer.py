@@ -51,6 +51,7 @@ from prismatic.training.distributed import (
     on_main,
     seed_everything,
     shutdown_distributed,
+    training_autocast,
 )
 from prismatic.training.metrics import MetricsSinks, init_wandb
 from prismatic.training.resume import check_destination, check_resume
@@ -235,9 +236,7 @@ class GradientStepper:
     ctx: DistContext
 
     def autocast(self) -> contextlib.AbstractContextManager[Any]:
-        if self.ctx.device.type == "cuda":
-            return torch.autocast("cuda", dtype=torch.bfloat16)
-        return contextlib.nullcontext()
+        return training_autocast(self.ctx.device)
 
 
 @dataclass

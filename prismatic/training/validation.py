@@ -8,7 +8,6 @@ are measured on the same frames (as many as the time limit allows).
 
 from __future__ import annotations
 
-import contextlib
 import time
 from dataclasses import replace
 from typing import Any
@@ -20,6 +19,7 @@ from craft import CRaFTConfig, retention_loss
 from prismatic.models.anchor import Anchor, retention_features
 from prismatic.models.batch import PaddedCollatorForActionPrediction, RLDSBatchTransform
 from prismatic.models.policy import VLAAdapterPolicy
+from prismatic.training.distributed import training_autocast
 from prismatic.training.metrics import VALIDATION_PREFIX
 from prismatic.vla.datasets import RLDSDataset
 from prismatic.vla.datasets.rlds.stream import StreamConfig
@@ -62,11 +62,6 @@ class Validator:
         self.time_limit_s = time_limit_s
         self.device = device
 
-    def _autocast(self) -> contextlib.AbstractContextManager[Any]:
-        if self.device.type == "cuda":
-            return torch.autocast("cuda", dtype=torch.bfloat16)
-        return contextlib.nullcontext()
-
     def run(self, policy: VLAAdapterPolicy, anchor: Anchor | None, craft_cfg: CRaFTConfig) -> dict[str, float]:
         """Mean L1 (all, current, next actions) and, with an anchor, the retention loss, over the frames read in time.
 
@@ -81,7 +76,7 @@ class Validator:
             with torch.no_grad():
                 for cpu_batch in self.loader:
                     batch = cpu_batch.to(self.device)
-                    with self._autocast():
+                    with training_autocast(self.device):
                         out = policy(batch)
                     errors = (out.actions.float() - batch.actions).abs()
                     size = len(batch)
@@ -89,7 +84,7 @@ class Validator:
                     sums[VAL_CURRENT_L1] += float(errors[:, 0].mean()) * size
                     sums[VAL_NEXT_L1] += float(errors[:, 1:].mean()) * size
                     if anchor is not None:
-                        with self._autocast():
+                        with training_autocast(self.device):
                             features = retention_features(out.vlm, craft_cfg, anchor.num_layers)
                             anchor_features = anchor.features(batch)
                         sums[VAL_RETENTION] += float(retention_loss(features, anchor_features).loss) * size
