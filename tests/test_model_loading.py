@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers.released import write_released_folder
 from safetensors.torch import save_file
 
 from prismatic.models.batch import PolicyBatch, policy_batch
@@ -172,14 +173,7 @@ def test_released_format_round_trip(
     tmp_path: Path, tiny_assets: tuple[Path, Path], trained_lora_policy: VLAAdapterPolicy
 ) -> None:
     """Merged `model.safetensors` + `module.`-prefixed head files, the layout of VLA-Adapter's releases."""
-    folder = save_policy(tmp_path / "LIBERO-Spatial-Pro", trained_lora_policy, PolicySpec(), tiny_assets[1], STATS)
-    config = json.loads((folder / "config.json").read_text())
-    del config["vla_adapter"]  # released folders have no section of ours, and no manifest
-    (folder / "config.json").write_text(json.dumps(config))
-    (folder / "manifest.json").unlink()
-    for component in ("action_head", "proprio_projector"):
-        path = folder / f"{component}--checkpoint.pt"
-        torch.save({f"module.{k}": v for k, v in torch.load(path, weights_only=True).items()}, path)
+    folder = write_released_folder(tmp_path / "LIBERO-Spatial-Pro", trained_lora_policy, tiny_assets[1], STATS)
     loaded = load_policy(folder, num_images_in_input=2)
     assert loaded.spec.use_pro_version and loaded.spec.use_proprio
     assert loaded.dataset_statistics == STATS

@@ -7,6 +7,8 @@
 
 Plain `python vla-scripts/finetune.py ...` runs one process. Resume with
 `--resume True --resume_step N --resum_vla_path runs/<run>--N_chkpt` (the other flags default to the checkpoint's).
+Start a new run from a released VLA-Adapter model or another checkpoint's weights with `--init_from DIR` (fresh
+optimizer and schedule); `--resume True` on a folder without training_state.pt does the same, as in VLA-Adapter.
 All flags: `python vla-scripts/finetune.py --help`; guide: docs/TRAINING_AND_EVALUATION.md.
 """
 

@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader
 from craft import CRaFTConfig, masked_mean_pool, retention_loss
 from prismatic.models.anchor import retention_features, token_masks
 from prismatic.models.batch import PaddedCollatorForActionPrediction, RLDSBatchTransform
-from prismatic.models.loaders import LoadedPolicy, load_prismatic_vlm
+from prismatic.models.loaders import LoadedPolicy, load_base_vlm
 from prismatic.models.tokenizer import load_tokenizer
 from prismatic.models.vlm import PrismaticVLM, VLMOutput
 from prismatic.vla.datasets import RLDSDataset, StreamConfig
@@ -165,4 +165,4 @@ def base_vlm_for(loaded: LoadedPolicy, base_vlm_path: str | Path | None) -> Pris
         raise ValueError(
             "the checkpoint records no base VLM: pass --base_vlm_path (the Prismatic VLM it was fine-tuned from)"
         )
-    return load_prismatic_vlm(path, num_images=loaded.spec.num_images_in_input)
+    return load_base_vlm(path, num_images=loaded.spec.num_images_in_input)

@@ -164,17 +164,18 @@ class LoadedPolicy:
     folder: Path
 
 
+def component_step(path: Path) -> int | None:
+    """The step in a component file's name (`action_head--150000_checkpoint.pt`), None for `--checkpoint.pt`."""
+    match = re.search(r"--(\d+)_checkpoint\.pt$", path.name)
+    return int(match.group(1)) if match else None
+
+
 def find_component(folder: Path, component: str) -> Path | None:
     """`{component}--{step}_checkpoint.pt` or `{component}--checkpoint.pt`; the highest step if several."""
     candidates = sorted(folder.glob(f"{component}--*checkpoint.pt"))
     if not candidates:
         return None
-
-    def step(path: Path) -> int:
-        match = re.search(r"--(\d+)_checkpoint\.pt$", path.name)
-        return int(match.group(1)) if match else -1
-
-    return max(candidates, key=step)
+    return max(candidates, key=lambda path: -1 if component_step(path) is None else component_step(path))
 
 
 def load_component(path: Path) -> dict[str, torch.Tensor]:
@@ -218,17 +219,30 @@ def resolve_base_vlm(folder: Path, recorded: str | None, absolute: str | None, o
     tried = ", ".join(str(c) for c in candidates if str(c) not in ("", "."))
     raise FileNotFoundError(
         f"{folder} needs its base VLM, which is not at {tried or 'a recorded path'}: pass --base_vlm_path "
-        f"<the Prismatic VLM folder it was fine-tuned from>"
+        f"<the Prismatic VLM folder it was fine-tuned from, or the policy folder a warm-started run began from>"
     )
 
 
-def load_policy(
-    folder: str | Path, num_images_in_input: int | None = None, base_vlm_path: str | Path | None = None
-) -> LoadedPolicy:
-    """Load a released VLA-Adapter folder (b) or one of this project's checkpoints (c), verified by its manifest.
+@dataclass
+class PolicyFolder:
+    """A fine-tuned policy folder read without building a model: its config, how it was built, and its files."""
 
-    `base_vlm_path` overrides where the base VLM of a LoRA checkpoint is looked for (see `resolve_base_vlm`).
-    """
+    folder: Path
+    config: dict[str, Any]
+    spec: PolicySpec
+    head_path: Path
+    proprio_path: Path | None
+
+    @property
+    def weights_kind(self) -> str:
+        return "merged weights" if (self.folder / "model.safetensors").is_file() else "LoRA adapter on its base VLM"
+
+
+def inspect_policy_folder(
+    folder: str | Path, num_images_in_input: int | None = None, base_vlm_path: str | Path | None = None
+) -> PolicyFolder:
+    """Read and check a released VLA-Adapter folder (b) or one of this project's checkpoints (c): its manifest, its
+    structure (head kind, proprio, action size, read from the files themselves) and where its base VLM is."""
     folder = Path(folder)
     config_path = folder / "config.json"
     if not config_path.is_file():
@@ -256,32 +270,56 @@ def load_policy(
     spec.action_dim = int(head_state["model.fc2.weight"].shape[0])
     proprio_path = find_component(folder, "proprio_projector")
     spec.use_proprio = proprio_path is not None
+    if not needs_base and not (folder / "model.safetensors").is_file():
+        raise FileNotFoundError(f"{folder} has neither model.safetensors nor lora_adapter/: no VLM weights to load")
+    return PolicyFolder(folder, config, spec, head_path, proprio_path)
 
-    vlm = _load_vlm_for_policy(folder, config, spec)
-    queries_path = find_component(folder, "action_queries")
+
+def load_policy(
+    folder: str | Path, num_images_in_input: int | None = None, base_vlm_path: str | Path | None = None
+) -> LoadedPolicy:
+    """Load a released VLA-Adapter folder (b) or one of this project's checkpoints (c), verified by its manifest.
+
+    `base_vlm_path` overrides where the base VLM of a LoRA checkpoint is looked for (see `resolve_base_vlm`).
+    """
+    found = inspect_policy_folder(folder, num_images_in_input, base_vlm_path)
+    spec = found.spec
+    vlm = _load_vlm_for_policy(found)
+    queries_path = find_component(found.folder, "action_queries")
     if queries_path is not None:  # this project's checkpoints: the trained queries also stand alone
         check_action_queries(queries_path, vlm.action_queries.weight)
     policy = VLAAdapterPolicy(vlm, spec.robot, use_pro_version=spec.use_pro_version, use_proprio=spec.use_proprio)
-    load_state_dict_strict(policy.action_head, head_state, str(head_path))
-    if proprio_path is not None:
+    load_state_dict_strict(policy.action_head, load_component(found.head_path), str(found.head_path))
+    if found.proprio_path is not None:
         assert policy.proprio_projector is not None
-        load_state_dict_strict(policy.proprio_projector, load_component(proprio_path), str(proprio_path))
-    return LoadedPolicy(policy.eval(), spec, read_dataset_statistics(folder), folder)
+        load_state_dict_strict(policy.proprio_projector, load_component(found.proprio_path), str(found.proprio_path))
+    return LoadedPolicy(policy.eval(), spec, read_dataset_statistics(found.folder), found.folder)
 
 
-def _load_vlm_for_policy(folder: Path, config: dict[str, Any], spec: PolicySpec) -> PrismaticVLM:
-    merged = folder / "model.safetensors"
+def _load_vlm_for_policy(found: PolicyFolder, depth: int = 0) -> PrismaticVLM:
+    merged = found.folder / "model.safetensors"
     if merged.is_file():
-        vlm = PrismaticVLM(preset_from_openvla_config(config), num_images=spec.num_images_in_input)
+        vlm = PrismaticVLM(preset_from_openvla_config(found.config), num_images=found.spec.num_images_in_input)
         load_state_dict_strict(vlm, load_safetensors_file(merged), str(merged), allow_missing=[re.escape(TIED_LM_HEAD)])
         return vlm
-    adapter = folder / "lora_adapter"
-    if adapter.is_dir():
-        if not spec.base_vlm_path:
-            raise ValueError(f"{folder} has a lora_adapter/ but config.json records no base_vlm_path")
-        base = load_prismatic_vlm(spec.base_vlm_path, num_images=spec.num_images_in_input)
-        return load_lora(base, adapter).merge_and_unload()
-    raise FileNotFoundError(f"{folder} has neither model.safetensors nor lora_adapter/: no VLM weights to load")
+    if not found.spec.base_vlm_path:
+        raise ValueError(f"{found.folder} has a lora_adapter/ but config.json records no base_vlm_path")
+    base = load_base_vlm(found.spec.base_vlm_path, found.spec.num_images_in_input, depth + 1)
+    return load_lora(base, found.folder / "lora_adapter").merge_and_unload()
+
+
+def load_base_vlm(path: str | Path, num_images: int = 1, depth: int = 0) -> PrismaticVLM:
+    """The VLM a checkpoint's LoRA adapter (and CRaFT's theta_0) refers to: a Prismatic VLM folder, or the policy
+    folder a warm-started run began from (its merged weights, or its own adapter on its own base)."""
+    path = Path(path)
+    config_path = path / "config.json"
+    if not config_path.is_file():
+        raise FileNotFoundError(f"{config_path} not found: a base VLM is a Prismatic VLM folder or a policy folder")
+    if "model" in json.loads(config_path.read_text()):
+        return load_prismatic_vlm(path, num_images=num_images)
+    if depth > 8:
+        raise ValueError(f"{path}: the chain of warm-start base VLMs is deeper than 8 folders (a cycle?)")
+    return _load_vlm_for_policy(inspect_policy_folder(path, num_images_in_input=num_images), depth)
 
 
 def build_policy(preset: VLMPreset, spec: PolicySpec) -> VLAAdapterPolicy:

@@ -42,7 +42,7 @@ from prismatic.models.lora import ADAPTER_WEIGHTS
 from prismatic.models.policy import VLAAdapterPolicy
 from prismatic.models.savers import component_filename, merged_state_dict, save_vlm_weights, write_policy_files
 from prismatic.models.state_dicts import TIED_LM_HEAD, CheckpointMismatchError, load_state_dict_strict
-from prismatic.training.config import CONFIG_SNAPSHOT, FinetuneConfig, config_snapshot_text
+from prismatic.training.config import CONFIG_SNAPSHOT, TRAINING_STATE, FinetuneConfig, config_snapshot_text
 from prismatic.training.distributed import DistContext, barrier, gather_objects, rng_state, set_rng_state
 from prismatic.training.schedule import LRSchedule
 from prismatic.util.atomic_io import atomic_write_text, staged_directory
@@ -56,7 +56,6 @@ from prismatic.util.checkpoint_io import (
     write_manifest,
 )
 
-TRAINING_STATE = "training_state.pt"
 DATASET_STATISTICS = "dataset_statistics.json"
 LORA_ADAPTER = "lora_adapter"
 MERGED_WEIGHTS = "model.safetensors"

@@ -4,6 +4,10 @@ Flag names follow the user's guide and the reference scripts (`--resum_vla_path`
 On resume, the configuration saved with the checkpoint is the base and the flags given on the command line
 override it, so `--resume True --resume_step N --resum_vla_path DIR` alone continues a run (and a flag that would
 change the run is refused unless allowed: see `prismatic/training/resume.py`).
+
+A warm start (`--init_from DIR`) begins a new run from a policy folder's weights with a fresh optimizer and
+schedule. VLA-Adapter's `--resume True --resum_vla_path DIR` on a folder without `training_state.pt` (a released
+model) means exactly that there, so it is turned into `--init_from DIR` here.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import draccus
 import yaml
 
 from craft import CRaFTConfig, CRaFTConfigError
+from prismatic.models.loaders import component_step
 from prismatic.util.atomic_io import atomic_write_text
 from prismatic.util.checkpoint_io import verify_manifest
 from prismatic.util.cli import UserInputError, check_finite_floats, parse_cli
@@ -29,6 +34,7 @@ from prismatic.vla.datasets.registry import resolve_mixture
 from prismatic.vla.datasets.rlds.stream import StreamConfig
 
 CONFIG_SNAPSHOT = "finetune_config.yaml"
+TRAINING_STATE = "training_state.pt"  # what makes a folder an exactly resumable checkpoint of this trainer
 CRAFT_DEFAULTS = CRaFTConfig()
 CRAFT_FLAG_PREFIX = "craft_"
 
@@ -119,6 +125,8 @@ class FinetuneConfig:
     resume: bool = False
     resume_step: int | None = None
     resum_vla_path: Path | None = None      # checkpoint folder to resume from (spelled as in the reference)
+    init_from: Path | None = None           # warm start: a new run from a policy folder's weights (released or
+                                            # ours), fresh optimizer and schedule
     allow_resume_config_change: bool = False  # apply changed flags on resume (each change is logged)
     # fmt: on
 
@@ -163,7 +171,7 @@ class FinetuneConfig:
             run_id = self.run_id_override
         else:
             parts = [
-                Path(self.vlm_path).name,
+                f"from-{Path(self.init_from).name}" if self.init_from is not None else Path(self.vlm_path).name,
                 self.dataset_name,
                 f"b{self.batch_size * self.grad_accumulation_steps}",
                 f"lr-{self.learning_rate:g}",
@@ -260,8 +268,13 @@ class FinetuneConfig:
             raise FileNotFoundError(f"--resum_vla_path {self.resum_vla_path} is not a folder")
 
     def _validate_paths(self) -> None:
-        vlm = Path(self.vlm_path)
-        if not (vlm / "config.json").is_file() or not (vlm / "checkpoints").is_dir():
+        if self.init_from is not None and not (Path(self.init_from) / "config.json").is_file():
+            raise FileNotFoundError(
+                f"--init_from {self.init_from}: expected a policy folder with config.json (a released VLA-Adapter "
+                "model or a checkpoint of this trainer)"
+            )
+        vlm = Path(self.vlm_path)  # not read by a warm start: the VLM comes from --init_from
+        if self.init_from is None and (not (vlm / "config.json").is_file() or not (vlm / "checkpoints").is_dir()):
             raise FileNotFoundError(
                 f"--vlm_path {vlm}: expected a Prismatic VLM folder with config.json and checkpoints/ "
                 "(the tiny one is made by `python vla-scripts/make_tiny_vlm.py`)"
@@ -303,8 +316,12 @@ def parse_finetune_config(argv: list[str]) -> FinetuneConfig:
     pre.add_argument("--resume", default="False")
     pre.add_argument("--resum_vla_path", default=None)
     known, _ = pre.parse_known_args(argv)
-    snapshot = Path(known.resum_vla_path or "") / CONFIG_SNAPSHOT
-    if str(known.resume).lower() not in ("true", "1", "yes") or not known.resum_vla_path or not snapshot.is_file():
+    resuming = str(known.resume).lower() in ("true", "1", "yes") and bool(known.resum_vla_path)
+    folder = Path(known.resum_vla_path or "")
+    if resuming and folder.is_dir() and not (folder / TRAINING_STATE).is_file():
+        return as_warm_start(parse_cli(FinetuneConfig, argv))
+    snapshot = folder / CONFIG_SNAPSHOT
+    if not resuming or not snapshot.is_file():
         return parse_cli(FinetuneConfig, argv)
     verify_manifest(snapshot.parent, only=[CONFIG_SNAPSHOT])
     saved = read_config_snapshot(snapshot)
@@ -315,6 +332,22 @@ def parse_finetune_config(argv: list[str]) -> FinetuneConfig:
         defaults = Path(tmp) / CONFIG_SNAPSHOT
         defaults.write_text(yaml.safe_dump(saved))
         return parse_cli(FinetuneConfig, argv, config_path=defaults)
+
+
+def as_warm_start(cfg: FinetuneConfig) -> FinetuneConfig:
+    """`--resume True --resum_vla_path DIR` on a folder without `training_state.pt` (a released VLA-Adapter model,
+    an exported policy) as what it means in VLA-Adapter: a new run from DIR's weights (`--init_from DIR`).
+    `--resume_step`, when given, must be the step in DIR's file names."""
+    folder = Path(cfg.resum_vla_path or "")
+    if cfg.init_from is not None and Path(cfg.init_from).resolve() != folder.resolve():
+        raise ValueError(f"--resum_vla_path {folder} and --init_from {cfg.init_from}: pass only one of them")
+    steps = sorted(step for path in folder.glob("action_head--*") if (step := component_step(path)) is not None)
+    if cfg.resume_step is not None and steps and cfg.resume_step not in steps:
+        raise ValueError(
+            f"--resume_step {cfg.resume_step}: {folder} holds the weights of step {steps[-1]} (pass --resume_step "
+            f"{steps[-1]} or omit it)"
+        )
+    return dataclasses.replace(cfg, init_from=folder, resume=False, resum_vla_path=None, resume_step=None)
 
 
 def config_snapshot_text(cfg: FinetuneConfig) -> str:

@@ -8,6 +8,9 @@ changed flag, unless `--allow_resume_config_change True`, which applies the new 
 
 A resume never replaces a finished checkpoint: resuming a run from an older checkpoint while newer ones exist is
 refused (resume from the newest, or continue as a new run with `--run_id_note` / `--run_id_override`).
+
+A warm start (`--init_from`) is a new run, so nothing is compared with a saved configuration; but the weights it
+starts from fix the structure of the policy, and flags that contradict them are refused here.
 """
 
 from __future__ import annotations
@@ -17,13 +20,13 @@ import hashlib
 from pathlib import Path
 from typing import Any
 
-from prismatic.models.loaders import newest_checkpoint
+from prismatic.models.loaders import PolicyFolder, inspect_policy_folder, newest_checkpoint
 from prismatic.models.savers import TOKENIZER_AND_PROCESSOR_FILES
 from prismatic.training.checkpointing import CheckpointInfo, RunPaths
-from prismatic.training.config import FinetuneConfig, decode_config_snapshot
+from prismatic.training.config import TRAINING_STATE, FinetuneConfig, decode_config_snapshot
 from prismatic.training.metrics import METRICS_FILE, read_metrics
 from prismatic.util.cli import UserInputError
-from prismatic.vla.datasets.registry import resolve_mixture
+from prismatic.vla.datasets.registry import resolve_mixture, robot_constants
 
 ALWAYS_MUTABLE = frozenset(
     {
@@ -63,6 +66,7 @@ FIXED_ON_RESUME = {
     "use_proprio": "the checkpoint's action head was trained with use_proprio={old}",
     "num_images_in_input": "the checkpoint was trained on {old} image(s) per sample",
     "dataset_name": "the checkpoint's normalisation statistics and action head belong to {old}",
+    "init_from": "the checkpoint's weights were trained from {old}",
 }
 
 
@@ -85,9 +89,13 @@ def _fingerprint(files: list[Path]) -> str | None:
     return digest.hexdigest()
 
 
+def _same_path(old: Path, new: Path) -> bool:
+    return Path(old).resolve() == Path(new).resolve()
+
+
 def _same_vlm(old: Path, new: Path) -> bool:
     """Same folder, or a copy of it (same config and newest checkpoint file name and size)."""
-    if Path(old).resolve() == Path(new).resolve():
+    if _same_path(old, new):
         return True
     try:
         old_weights = newest_checkpoint(Path(old) / "checkpoints")
@@ -100,7 +108,7 @@ def _same_vlm(old: Path, new: Path) -> bool:
 
 def _same_data(old: Path, new: Path, dataset_name: str) -> bool:
     """Same folder, or one holding the same datasets (identical `dataset_info.json` of every member)."""
-    if Path(old).resolve() == Path(new).resolve():
+    if _same_path(old, new):
         return True
     for config, _ in resolve_mixture(dataset_name):
         infos = [sorted((Path(root) / config.name).glob("*/dataset_info.json")) for root in (old, new)]
@@ -129,7 +137,7 @@ def changed_flags(saved: FinetuneConfig, now: FinetuneConfig, checkpoint: Path) 
             continue
         if name == "config_file_path" and _same_tokenizer(Path(new), checkpoint):
             continue
-        if name == "vision_weights_dir" and None not in (old, new) and Path(old).resolve() == Path(new).resolve():
+        if name in ("vision_weights_dir", "init_from") and None not in (old, new) and _same_path(old, new):
             continue
         changes.append(FlagChange(name, old, new))
     return changes
@@ -196,3 +204,43 @@ def check_destination(paths: RunPaths, info: CheckpointInfo | None) -> None:
             f"{info.step} would replace them. Resume from the newest (--resum_vla_path {newest}), or continue from "
             f"step {info.step} as a new run with --run_id_note NOTE (or --run_id_override NAME)"
         )
+
+
+def check_warm_start(cfg: FinetuneConfig) -> PolicyFolder:
+    """Read the `--init_from` folder (manifest, head, base VLM) and refuse flags its weights contradict."""
+    assert cfg.init_from is not None
+    try:
+        found = inspect_policy_folder(cfg.init_from, cfg.num_images_in_input)
+    except FileNotFoundError as err:
+        adapter_only = (Path(cfg.init_from) / "lora_adapter").is_dir()
+        hint = (
+            " (its LoRA adapter needs that base VLM: merge it first with `python vla-scripts/merge_lora_weights.py "
+            "--checkpoint_dir DIR --base_vlm_path VLM` and start from the merged folder)"
+            if adapter_only and "needs its base VLM" in str(err)
+            else ""
+        )
+        raise FileNotFoundError(f"--init_from {cfg.init_from}: {err}{hint}") from err
+    spec, robot = found.spec, robot_constants(cfg.dataset_name)
+    contradictions = [
+        (cfg.use_pro_version, spec.use_pro_version, f"--use_pro_version {spec.use_pro_version}", "head kind"),
+        (cfg.use_proprio, spec.use_proprio, f"--use_proprio {spec.use_proprio}", "proprio projector"),
+        (robot.action_dim, spec.action_dim, f"a dataset with {spec.action_dim}-dim actions", "action size"),
+    ]
+    for wanted, held, fix, what in contradictions:
+        if wanted != held:
+            raise UserInputError(
+                f"--init_from {cfg.init_from}: its weights fix the {what} ({held}), this run asks for {wanted}: pass "
+                f"{fix} (a warm start keeps the structure of the weights it starts from)"
+            )
+    return found
+
+
+def warm_start_message(cfg: FinetuneConfig, found: PolicyFolder) -> str:
+    exact = "" if (found.folder / TRAINING_STATE).is_file() else f" ({found.folder} has no {TRAINING_STATE})"
+    return (
+        f"warm start from {found.folder}: its {found.weights_kind}, action head"
+        + (", proprio projector" if found.spec.use_proprio else "")
+        + f" and action queries{' (LoRA from scratch on top)' if cfg.use_lora else ''}; a new run with a fresh "
+        f"optimizer and learning-rate schedule, steps counted from 0 to --max_steps {cfg.max_steps}, not an exact "
+        f"resume{exact}"
+    )

@@ -28,7 +28,7 @@ from tqdm import tqdm
 from craft import CRaFTConfig, CRaFTConfigError, CRaFTStep, CRaFTStepStats, retention_loss
 from prismatic.models.anchor import Anchor, retention_features
 from prismatic.models.batch import PaddedCollatorForActionPrediction, PolicyBatch, RLDSBatchTransform
-from prismatic.models.loaders import PolicySpec, load_prismatic_vlm
+from prismatic.models.loaders import PolicySpec, load_policy, load_prismatic_vlm
 from prismatic.models.lora import LoRASettings, apply_lora
 from prismatic.models.policy import VLAAdapterPolicy
 from prismatic.models.tokenizer import load_tokenizer
@@ -54,7 +54,7 @@ from prismatic.training.distributed import (
     training_autocast,
 )
 from prismatic.training.metrics import MetricsSinks, init_wandb
-from prismatic.training.resume import check_destination, check_resume
+from prismatic.training.resume import check_destination, check_resume, check_warm_start, warm_start_message
 from prismatic.training.schedule import LRSchedule
 from prismatic.training.update_guard import check_adamw_update
 from prismatic.training.validation import Validator
@@ -87,12 +87,22 @@ def trainable_vlm(vlm: PrismaticVLM, use_lora: bool, lora_rank: int, lora_dropou
 
 
 def build_policy(cfg: FinetuneConfig) -> tuple[VLAAdapterPolicy, PolicySpec]:
+    """The policy to train: the Prismatic VLM at `--vlm_path` with a new action head, or (warm start) the VLM, head,
+    proprio projector and action queries of the `--init_from` folder; LoRA (when on) starts from zero on top."""
     robot = robot_constants(cfg.dataset_name)
-    vlm = load_prismatic_vlm(
-        cfg.vlm_path, num_images=cfg.num_images_in_input, vision_weights_dir=cfg.vision_weights_dir
-    )
+    start = load_policy(cfg.init_from, num_images_in_input=cfg.num_images_in_input) if cfg.init_from else None
+    if start is not None:
+        vlm = start.policy.vlm
+    else:
+        vlm = load_prismatic_vlm(
+            cfg.vlm_path, num_images=cfg.num_images_in_input, vision_weights_dir=cfg.vision_weights_dir
+        )
     vlm_module = trainable_vlm(vlm, cfg.use_lora, cfg.lora_rank, cfg.lora_dropout)
     policy = VLAAdapterPolicy(vlm_module, robot, use_pro_version=cfg.use_pro_version, use_proprio=cfg.use_proprio)
+    if start is not None:
+        policy.action_head.load_state_dict(start.policy.action_head.state_dict())
+        if policy.proprio_projector is not None and start.policy.proprio_projector is not None:
+            policy.proprio_projector.load_state_dict(start.policy.proprio_projector.state_dict())
     spec = PolicySpec(
         num_images_in_input=cfg.num_images_in_input,
         use_proprio=cfg.use_proprio,
@@ -102,28 +112,32 @@ def build_policy(cfg: FinetuneConfig) -> tuple[VLAAdapterPolicy, PolicySpec]:
         proprio_dim=robot.proprio_dim,
         normalization=robot.normalization.value,
         dataset_name=cfg.dataset_name,
-        base_vlm_path=str(Path(cfg.vlm_path).resolve()),
+        base_vlm_path=str(Path(cfg.init_from or cfg.vlm_path).resolve()),  # what the LoRA adapter applies to
         lora={"rank": cfg.lora_rank, "dropout": cfg.lora_dropout} if cfg.use_lora else None,
     )
     return policy, spec
 
 
-def start_checks(cfg: FinetuneConfig, ctx: DistContext) -> tuple[RunPaths, CheckpointInfo | None, list[Any]]:
-    """Everything knowable before data or model: flags, the checkpoint to resume from, and where the run writes."""
+def start_checks(cfg: FinetuneConfig, ctx: DistContext) -> tuple[RunPaths, CheckpointInfo | None, list[str]]:
+    """Everything knowable before data or model: flags, the checkpoint to resume from (or the folder a warm start
+    begins from), and where the run writes. Returns what the run log should say about it."""
     cfg.validate()
-    info, changes = None, []
+    info, notes = None, []
     if cfg.resume:
         assert cfg.resum_vla_path is not None
         on_main(lambda: verify_checkpoint(cfg.resum_vla_path), ctx, USER_ERRORS)  # hashes every file once
         info = inspect_checkpoint(cfg.resum_vla_path)
-        changes = check_resume(cfg, info, ctx.world_size)
+        if changes := check_resume(cfg, info, ctx.world_size):
+            notes.append(f"resuming with changed flags: {', '.join(map(str, changes))}")
+    elif cfg.init_from is not None:
+        notes.append(on_main(lambda: warm_start_message(cfg, check_warm_start(cfg)), ctx, USER_ERRORS))
     paths = RunPaths(Path(cfg.run_root_dir), cfg.run_id())
     on_main(lambda: check_destination(paths, info), ctx, USER_ERRORS)
-    return paths, info, changes
+    return paths, info, notes
 
 
 def open_run(
-    cfg: FinetuneConfig, ctx: DistContext, paths: RunPaths, info: CheckpointInfo | None, changes: list[Any]
+    cfg: FinetuneConfig, ctx: DistContext, paths: RunPaths, info: CheckpointInfo | None, notes: list[str]
 ) -> MetricsSinks:
     """The run folder (crash leftovers removed), its logs (cut back to the resumed step) and WandB."""
     start_step = info.step if info is not None else 0
@@ -143,8 +157,8 @@ def open_run(
         on_main(start_wandb, ctx, USER_ERRORS)
     branched_from = info.folder.parent / info.run_id if info is not None and info.run_id != paths.run_id else None
     sinks.open(start_step, history_from=branched_from)
-    if changes:
-        sinks.message(f"resuming with changed flags: {', '.join(map(str, changes))}", step=start_step)
+    for note in notes:
+        sinks.message(note, step=start_step)
     return sinks
 
 
@@ -392,8 +406,8 @@ def train(cfg: FinetuneConfig) -> Path:
 
 
 def _train(cfg: FinetuneConfig, ctx: DistContext) -> Path:
-    paths, info, changes = start_checks(cfg, ctx)
-    sinks = open_run(cfg, ctx, paths, info, changes)
+    paths, info, notes = start_checks(cfg, ctx)
+    sinks = open_run(cfg, ctx, paths, info, notes)
     dataset, batches, validator = build_data(cfg, ctx, paths.run_dir, info)
     trainee = build_trainee(cfg, ctx, paths, dataset.dataset_statistics, info)
     start_step = info.step if info is not None else 0
