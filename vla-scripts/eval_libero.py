@@ -8,6 +8,10 @@ Works with this project's checkpoints and released VLA-Adapter folders. Results 
 `<checkpoint>/eval_<suite>`): `eval_results.json` (per-task and total success, the full protocol, versions),
 `episodes.jsonl` (one line per episode; re-running resumes), `eval.log`, optional `videos/`.
 Needs the simulator (`bash setup.sh libero`) and LIBERO's assets (`--libero_assets_dir`).
+
+Exit status: 0 when every episode was played to the end; 1 when some errored (they are played again by the next run);
+2 for a wrong flag or file; 130 / 143 when stopped by SIGINT / SIGTERM (workers stopped, finished episodes kept, the
+same command resumes).
 """
 
 import sys
@@ -23,8 +27,11 @@ class EvalLiberoConfig:
     pretrained_checkpoint: Path = Path("")  # checkpoint folder (ours or a released VLA-Adapter one); required
     task_suite_name: str = "libero_spatial"  # libero_spatial | libero_object | libero_goal | libero_10 | libero_90
     num_trials_per_task: int = 50
+    # "DEFAULT" = the suite's initial states; or VLA-Adapter's JSON of initial states (trials whose expert demo failed
+    # are skipped)
+    initial_states_path: str | None = "DEFAULT"
     task_ids: list[int] | None = None  # subset of tasks (None = all)
-    num_workers: int = 2  # parallel environment processes (0 = in this process)
+    num_workers: int = 2  # parallel environment processes (0 = in this process, for debugging)
     results_dir: Path | None = None
     center_crop: bool = True  # for models trained with --image_aug True (the recipes)
     num_images_in_input: int | None = None  # default: from the checkpoint (2 for released LIBERO models)
@@ -39,7 +46,9 @@ class EvalLiberoConfig:
     max_steps: int | None = None  # default: the suite's published value
     seed: int = 7
     libero_assets_dir: Path | None = None  # LIBERO's `assets` folder (meshes and textures)
-    render_backend: str = "egl"  # MUJOCO_GL in the workers: egl (GPU or EGL CPU) or osmesa (pure CPU)
+    render_backend: str = "egl"  # MUJOCO_GL where environments run: egl (GPU or EGL CPU), osmesa (pure CPU) or glfw
+    # an episode running longer (a hung simulator step) is stopped and recorded as an error; None or 0 = no limit
+    episode_timeout_s: float | None = None
     save_videos: bool = False
     max_batch: int = 64  # largest batched policy query
     device: str = "auto"  # auto | cpu | cuda
@@ -52,13 +61,27 @@ class EvalLiberoConfig:
 
 @cli_entry
 def main(cfg: EvalLiberoConfig) -> None:
+    from prismatic.eval.libero_env import (
+        RENDER_BACKENDS,
+        apply_render_backend,
+        initial_states_file,
+        read_initial_states,
+    )
+
+    if cfg.render_backend not in RENDER_BACKENDS:
+        raise ValueError(f"--render_backend must be one of {', '.join(RENDER_BACKENDS)} (got {cfg.render_backend!r})")
+    if cfg.num_workers == 0:
+        # environments render in this process: MUJOCO_GL is read once, when the simulator is imported, so it is set
+        # before anything else is imported
+        apply_render_backend(cfg.render_backend)
+
     import torch
 
     from prismatic.eval.policy_adapter import ChunkPolicy
     from prismatic.eval.protocol import Protocol, statistics_key, suite_of
-    from prismatic.eval.runner import EvalSettings, evaluate
+    from prismatic.eval.runner import EvalInterrupted, EvalSettings, evaluate
     from prismatic.models.inference import ActionPredictor
-    from prismatic.models.loaders import load_policy
+    from prismatic.models.loaders import inspect_policy_folder, load_inspected_policy, read_dataset_statistics
     from prismatic.models.tokenizer import load_tokenizer
     from prismatic.training.distributed import seed_everything
 
@@ -71,11 +94,16 @@ def main(cfg: EvalLiberoConfig) -> None:
         raise ValueError(f"--num_open_loop_steps must be in 1..8, the action chunk (got {cfg.num_open_loop_steps})")
     if cfg.num_workers < 0:
         raise ValueError(f"--num_workers must be >= 0 (got {cfg.num_workers})")
+    if cfg.episode_timeout_s is not None and cfg.episode_timeout_s < 0:
+        raise ValueError(
+            f"--episode_timeout_s must be >= 0 seconds (0 or None = no limit; got {cfg.episode_timeout_s})"
+        )
+    initial_states_path = initial_states_file(cfg.initial_states_path)
+    if initial_states_path is not None:
+        read_initial_states(initial_states_path)  # a bad file stops the run now, not after the model has loaded
     if cfg.use_film:
         raise ValueError("--use_film True (FiLM conditioning) is not implemented: use --use_film False")
     wandb_settings = resolve_wandb_settings(cfg.wandb_mode, cfg.wandb_project, cfg.wandb_entity, "vla-eval")
-    if cfg.render_backend not in ("egl", "osmesa", "glfw"):
-        raise ValueError(f"--render_backend must be egl, osmesa or glfw (got {cfg.render_backend!r})")
     factory_kwargs = {}
     if cfg.env_factory.endswith(":LiberoEnvFactory"):
         from prismatic.eval.libero_env import configure_libero
@@ -89,20 +117,19 @@ def main(cfg: EvalLiberoConfig) -> None:
         if cfg.device == "auto" and torch.cuda.is_available()
         else ("cpu" if cfg.device == "auto" else cfg.device)
     )
-    loaded = load_policy(
-        cfg.pretrained_checkpoint, num_images_in_input=cfg.num_images_in_input, base_vlm_path=cfg.base_vlm_path
-    )
+    found = inspect_policy_folder(cfg.pretrained_checkpoint, cfg.num_images_in_input, cfg.base_vlm_path)
     for flag, wanted, held in (
-        ("--use_proprio", cfg.use_proprio, loaded.spec.use_proprio),
-        ("--use_pro_version", cfg.use_pro_version, loaded.spec.use_pro_version),
+        ("--use_proprio", cfg.use_proprio, found.spec.use_proprio),
+        ("--use_pro_version", cfg.use_pro_version, found.spec.use_pro_version),
     ):
         if wanted is not None and wanted != held:
             raise ValueError(
                 f"{flag} {wanted}: {cfg.pretrained_checkpoint} was trained with {flag.removeprefix('--')}={held} "
                 f"(omit the flag to follow the checkpoint)"
             )
-    stats = loaded.dataset_statistics
-    unnorm_key = statistics_key(suite, list(stats), cfg.unnorm_key)
+    stats = read_dataset_statistics(found.folder)
+    unnorm_key = statistics_key(suite, list(stats), cfg.unnorm_key)  # checked before the model is loaded
+    loaded = load_inspected_policy(found)
     predictor = ActionPredictor(
         loaded.policy,
         load_tokenizer(cfg.pretrained_checkpoint),
@@ -131,6 +158,8 @@ def main(cfg: EvalLiberoConfig) -> None:
         max_batch=cfg.max_batch,
         checkpoint=str(cfg.pretrained_checkpoint.resolve()),
         render_backend=cfg.render_backend,
+        episode_timeout_s=cfg.episode_timeout_s or None,
+        initial_states_path=initial_states_path,
         setup={
             "statistics_key": unnorm_key,
             "num_images_in_input": loaded.spec.num_images_in_input,
@@ -139,7 +168,11 @@ def main(cfg: EvalLiberoConfig) -> None:
         },
     )
     policy = ChunkPolicy(predictor, loaded.spec.num_images_in_input, cfg.center_crop)
-    results = evaluate(settings, policy)
+    try:
+        results = evaluate(settings, policy)
+    except EvalInterrupted as interrupted:
+        print(f"error: {interrupted.message()}", file=sys.stderr, flush=True)
+        raise SystemExit(interrupted.exit_code) from None
     total = results["total"]
     print(
         f"[eval] {suite}: {total['successes']}/{total['trials']} = {(total['success_rate'] or 0):.1%} "

@@ -3,6 +3,9 @@
 LIBERO renders upside down; the RLDS data was stored rotated by 180 degrees and JPEG-encoded, so at test time the
 frame is rotated, JPEG round-tripped, resized to 224 like the training frames, and centre-cropped when the model was
 trained with the random crop.
+
+Importing this module imports TensorFlow; `policy_adapter` therefore imports it at the first policy call only (see
+`ChunkPolicy`).
 """
 
 from __future__ import annotations

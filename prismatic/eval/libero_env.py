@@ -6,22 +6,31 @@ config file and checks the assets before LIBERO is imported; a missing asset fol
 put it.
 
 Environment factories are addressed by an import path ("module:attribute") so that worker processes can build them:
-an object with `num_tasks(suite)` and `make(suite, task_id, resolution, env_seed) -> EnvHandle`.
+an object with `num_tasks(suite)` and `make(suite, task_id, resolution, env_seed) -> EnvHandle`, and, for
+`--initial_states_path`, `task_description(suite, task_id)` (read without building an environment).
+
+MuJoCo and robosuite read `MUJOCO_GL` once, when they are imported: `apply_render_backend` sets it first, in every
+process that renders.
 """
 
 from __future__ import annotations
 
 import importlib
 import importlib.util
+import json
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import yaml
 
 ASSETS_ENV = "LIBERO_ASSETS_DIR"
 DEFAULT_CONFIG_DIR = Path.home() / ".cache" / "vla-adapter-craft" / "libero"
+DEFAULT_INITIAL_STATES = "DEFAULT"  # VLA-Adapter's spelling of "the suite's built-in initial states"
+RENDER_BACKENDS = ("egl", "osmesa", "glfw")  # MUJOCO_GL values: EGL (GPU or CPU), OSMesa (pure CPU), a window
 
 
 @dataclass
@@ -67,6 +76,28 @@ def configure_libero(assets_dir: str | Path | None = None, config_dir: str | Pat
     return assets
 
 
+def apply_render_backend(backend: str | None) -> None:
+    """Make this process render with `backend` (None: leave MUJOCO_GL alone). It must run before MuJoCo or robosuite
+    is imported: they read MUJOCO_GL (and PyOpenGL reads PYOPENGL_PLATFORM) once, at import, so a later change would
+    be silently ignored."""
+    if not backend:
+        return
+    if backend not in RENDER_BACKENDS:
+        raise ValueError(f"--render_backend must be one of {', '.join(RENDER_BACKENDS)} (got {backend!r})")
+    current = os.environ.get("MUJOCO_GL")
+    imported = [name for name in ("mujoco", "robosuite") if name in sys.modules]
+    if imported and current != backend:
+        raise RuntimeError(
+            f"--render_backend {backend}: {imported[0]} is already imported in this process with MUJOCO_GL="
+            f"{current!r}, and reads it only at import; choose the backend before importing the simulator"
+        )
+    os.environ["MUJOCO_GL"] = backend
+    if backend == "glfw":
+        os.environ.pop("PYOPENGL_PLATFORM", None)  # a window uses GLX, PyOpenGL's default
+    else:
+        os.environ["PYOPENGL_PLATFORM"] = backend  # mujoco.egl / mujoco.osmesa refuse any other value
+
+
 class LiberoEnvFactory:
     """Real LIBERO environments (OffScreenRenderEnv), one per task."""
 
@@ -86,6 +117,12 @@ class LiberoEnvFactory:
 
         return int(benchmark.get_benchmark_dict()[suite]().n_tasks)
 
+    def task_description(self, suite: str, task_id: int) -> str:
+        self._libero()
+        from libero.libero import benchmark
+
+        return str(benchmark.get_benchmark_dict()[suite]().get_task(task_id).language)
+
     def make(self, suite: str, task_id: int, resolution: int, env_seed: int) -> EnvHandle:
         libero_root = self._libero()
         from libero.libero import benchmark
@@ -97,6 +134,73 @@ class LiberoEnvFactory:
         env = OffScreenRenderEnv(bddl_file_name=str(bddl), camera_heights=resolution, camera_widths=resolution)
         env.seed(env_seed)
         return EnvHandle(env=env, description=task.language, initial_states=task_suite.get_task_init_states(task_id))
+
+
+def initial_states_file(value: str | Path | None) -> Path | None:
+    """`--initial_states_path` -> the file to read, or None for the suite's built-in states (unset, "" or DEFAULT)."""
+    if value is None or str(value).strip() in ("", DEFAULT_INITIAL_STATES):
+        return None
+    return Path(value)
+
+
+def read_initial_states(path: Path) -> dict[str, dict[str, Any]]:
+    """VLA-Adapter's initial-states file: JSON `{task key: {"demo_<trial>": {"success": bool, "initial_state":
+    [numbers]}}}`, the task key being the task's instruction with spaces replaced by underscores. Only JSON is read:
+    a state file is data, and unpickling a file runs whatever code it holds."""
+    flag = f"--initial_states_path {path}"
+    if not path.is_file():
+        raise FileNotFoundError(f"{flag}: no such file (pass DEFAULT, or omit the flag, for the suite's own states)")
+    if path.suffix.lower() != ".json":
+        raise ValueError(
+            f"{flag}: expected a .json file in VLA-Adapter's format; other formats (pickles in particular) are "
+            "never loaded"
+        )
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"{flag} is not valid JSON: {err}") from err
+    if not isinstance(data, dict) or not data or not all(isinstance(demos, dict) for demos in data.values()):
+        raise ValueError(
+            f'{flag}: expected {{"<task_instruction_with_underscores>": {{"demo_0": {{"success": true, '
+            f'"initial_state": [...]}}, ...}}, ...}}'
+        )
+    return data
+
+
+def task_key(description: str) -> str:
+    """The key of a task in an initial-states file (VLA-Adapter's rule)."""
+    return description.replace(" ", "_")
+
+
+def select_initial_states(
+    data: dict[str, dict[str, Any]], path: Path, descriptions: dict[int, str], num_trials: int
+) -> dict[tuple[int, int], np.ndarray | None]:
+    """The initial state of every (task, trial) from an initial-states file; None for a trial whose expert
+    demonstration failed, which VLA-Adapter's evaluation skips. Every problem is reported before an episode runs."""
+    flag = f"--initial_states_path {path}"
+    states: dict[tuple[int, int], np.ndarray | None] = {}
+    for task_id, description in descriptions.items():
+        key = task_key(description)
+        if key not in data:
+            known = ", ".join(sorted(data)[:5]) + (", ..." if len(data) > 5 else "")
+            raise ValueError(f"{flag} has no entry {key!r} for task {task_id} ({description!r}); it has: {known}")
+        for trial in range(num_trials):
+            demo = data[key].get(f"demo_{trial}")
+            where = f"{flag}: {key}/demo_{trial}"
+            if demo is None:
+                raise ValueError(
+                    f"{where} is missing (--num_trials_per_task {num_trials} needs demo_0..demo_{num_trials - 1})"
+                )
+            if not isinstance(demo, dict) or not isinstance(demo.get("success"), bool) or "initial_state" not in demo:
+                raise ValueError(f"{where} needs 'success' (true or false) and 'initial_state' (a list of numbers)")
+            try:
+                state = np.asarray(demo["initial_state"], dtype=np.float64)
+            except (TypeError, ValueError) as err:
+                raise ValueError(f"{where}: 'initial_state' is not a list of numbers ({err})") from err
+            if state.ndim != 1 or state.size == 0 or not np.isfinite(state).all():
+                raise ValueError(f"{where}: 'initial_state' must be a non-empty flat list of finite numbers")
+            states[(task_id, trial)] = state if demo["success"] else None
+    return states
 
 
 def load_factory(path: str, kwargs: dict[str, Any] | None = None) -> Any:

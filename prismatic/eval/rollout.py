@@ -25,7 +25,9 @@ class EpisodeResult:
     queries: int  # policy queries (one per executed chunk)
     seconds: float
     description: str = ""
-    error: str | None = None  # set when the episode raised; it then counts as a failure
+    # set when the episode errored (it raised, its worker died, it timed out): it is then neither a success nor a
+    # failure, stays out of the success rate, and the next run plays it again
+    error: str | None = None
     video: str | None = None
 
     def to_json(self) -> dict[str, Any]:
@@ -63,7 +65,7 @@ def run_episode(
     description: str = "",
     recorder: EpisodeRecorder | None = None,
 ) -> EpisodeResult:
-    """Play one trial from `initial_state`; exceptions are returned as a failed episode with the error."""
+    """Play one trial from `initial_state`; an exception ends the episode and is returned as its `error`."""
     start = time.perf_counter()
     steps = queries = 0
     success = False

@@ -282,7 +282,11 @@ def load_policy(
 
     `base_vlm_path` overrides where the base VLM of a LoRA checkpoint is looked for (see `resolve_base_vlm`).
     """
-    found = inspect_policy_folder(folder, num_images_in_input, base_vlm_path)
+    return load_inspected_policy(inspect_policy_folder(folder, num_images_in_input, base_vlm_path))
+
+
+def load_inspected_policy(found: PolicyFolder) -> LoadedPolicy:
+    """Build and load the policy of a folder already read by `inspect_policy_folder` (checks done before loading)."""
     spec = found.spec
     vlm = _load_vlm_for_policy(found)
     queries_path = find_component(found.folder, "action_queries")

@@ -3,14 +3,18 @@
 Like LIBERO it renders upside down (a red marker that belongs in the top-left corner of the upright third-person
 image arrives bottom-right; a blue one for the wrist camera), reports `robot0_eef_pos`, `robot0_eef_quat` (x, y, z, w)
 and `robot0_gripper_qpos`, and answers `step` with (obs, reward, done, info). Each initial state scripts the episode:
-`succeed_after` (steps after which a closing gripper command succeeds), `raise_at`, `exit_at` (kills the process).
-Every step is appended to `<trace_dir>/task{t}_trial{k}.jsonl`.
+`succeed_after` (steps after which a closing gripper command succeeds), `raise_at`, `exit_at` (kills the process),
+`hang_at` (the step never returns), `step_seconds` (a slow simulator). A numeric state, as read from an
+`--initial_states_path` file, is `[trial, succeed_after (0 = never)]`. Every step is appended to
+`<trace_dir>/task{t}_trial{k}.jsonl`.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +37,10 @@ class FakeLiberoEnv:
     def reset(self) -> None:
         self.t = 0
 
-    def set_init_state(self, state: dict[str, Any]) -> dict[str, Any]:
+    def set_init_state(self, state: dict[str, Any] | np.ndarray) -> dict[str, Any]:
+        if not isinstance(state, dict):  # from an initial-states file
+            trial, succeed_after = (int(value) for value in np.asarray(state))
+            state = {"trial": trial, "succeed_after": succeed_after or None, "from_file": True}
         self.state, self.t = dict(state), 0
         return self._obs()
 
@@ -47,6 +54,9 @@ class FakeLiberoEnv:
             raise RuntimeError("simulated physics failure")
         if self.state.get("exit_at") == self.t:
             os._exit(3)
+        if self.state.get("hang_at") == self.t:
+            time.sleep(3600)  # a simulator step that never returns
+        time.sleep(self.state.get("step_seconds", 0.0))
         after = self.state.get("succeed_after")
         done = after is not None and self.t >= after and action[-1] > 0
         return self._obs(), float(done), done, {}
@@ -79,9 +89,13 @@ class FakeLiberoFactory:
     def num_tasks(self, suite: str) -> int:
         return len(self.scripts)
 
+    def task_description(self, suite: str, task_id: int) -> str:
+        return f"fake task {task_id} of {suite}"
+
     def make(self, suite: str, task_id: int, resolution: int, env_seed: int) -> EnvHandle:
         states = [{**s, "trial": i} for i, s in enumerate(self.scripts[task_id])]
-        return EnvHandle(FakeLiberoEnv(task_id, resolution, self.trace_dir), f"fake task {task_id} of {suite}", states)
+        env = FakeLiberoEnv(task_id, resolution, self.trace_dir)
+        return EnvHandle(env, self.task_description(suite, task_id), states)
 
 
 class CommandLineFakeLiberoFactory(FakeLiberoFactory):
@@ -96,3 +110,27 @@ class ErroringFakeLiberoFactory(FakeLiberoFactory):
 
     def __init__(self) -> None:
         super().__init__({"0": [{"raise_at": 3}]})
+
+
+class ProbingFakeLiberoFactory(CommandLineFakeLiberoFactory):
+    """For `eval_libero.py --env_factory`: like CommandLineFakeLiberoFactory, and every `make` appends to the file
+    `$FAKE_LIBERO_PROBE` what a real simulator's renderer depends on at that moment: MUJOCO_GL, and whether
+    TensorFlow is already loaded in the process (robosuite's OpenGL renderer crashes when it is)."""
+
+    def make(self, suite: str, task_id: int, resolution: int, env_seed: int) -> EnvHandle:
+        probe = {
+            "task_id": task_id,
+            "MUJOCO_GL": os.environ.get("MUJOCO_GL"),
+            "tensorflow": "tensorflow" in sys.modules,
+        }
+        with Path(os.environ["FAKE_LIBERO_PROBE"]).open("a") as probe_file:
+            probe_file.write(json.dumps(probe) + "\n")
+        return super().make(suite, task_id, resolution, env_seed)
+
+
+class SlowFakeLiberoFactory(FakeLiberoFactory):
+    """For `eval_libero.py --env_factory`: one task of six trials whose steps take 50 ms (an episode of 16 steps,
+    plus the wait steps, lasts 1.3 s), to interrupt an evaluation while episodes are in flight."""
+
+    def __init__(self) -> None:
+        super().__init__({"0": [{"step_seconds": 0.05}] * 6})
