@@ -8,17 +8,27 @@
 #   - runs are scheduled in parallel on GPU groups (GPUS, GPUS_PER_RUN) or one after another on the CPU,
 #   - a failed run does not stop the others; failures are listed at the end and make the sweep exit non-zero.
 #
+# Training hyper-parameters come from the suite's recipe, craft_experiments/recipes/<RECIPE>/<suite>.env: VLA-Adapter's
+# published global batch, steps, learning rate, schedule, in a 1-GPU and a 4-GPU variant (craft_experiments/README.md).
+#
 # Environment knobs (defaults in brackets):
 #   RUN_ROOT [runs]  VLM_PATH [pretrained_models/prism-qwen25-extra-dinosiglip-224px-0_5b]
 #   CONFIG_FILE_PATH [pretrained_models/configs]  DATA_ROOT_DIR [data/libero]
 #   GPUS [all visible GPUs, or "cpu"]  GPUS_PER_RUN [1]  USE_WANDB [True]  WANDB_PROJECT [vla-craft]  EXTRA_ARGS [""]
-#   BATCH_SIZE, GRAD_ACCUMULATION_STEPS, LEARNING_RATE, SAVE_FREQ [finetune.py's defaults; each passed
-#   only when set]
+#   RECIPE [vla-adapter: the recipes in craft_experiments/recipes/vla-adapter/; a folder of <suite>.env files of one's
+#   own; none: finetune.py's defaults, only the knobs below that are set are passed]
+#   The recipe's batch follows the processes per run (GPUS_PER_RUN, 1 on the CPU): 1 -> its 1-GPU variant, 4 -> its
+#   4-GPU variant, N -> the same global batch with a per-GPU batch of at most the 4-GPU one's (a count that cannot keep
+#   it is refused). Overrides, each winning over the recipe: BATCH_SIZE, GRAD_ACCUMULATION_STEPS (one of the two alone:
+#   the other is derived to keep the global batch), LEARNING_RATE, LR_WARMUP_STEPS, NUM_STEPS_BEFORE_DECAY, LORA_RANK,
+#   USE_PRO_VERSION, IMAGE_AUG, NUM_IMAGES_IN_INPUT, USE_PROPRIO; the scripts' STEPS_* / STEPS for the steps;
+#   SAVE_FREQ [finetune.py's default]; EXTRA_ARGS comes last on the command line, so it wins over everything.
 #   EVAL [libero | offline | none; default libero]  EVAL_TRIALS [50]  EVAL_WORKERS [4]  EVAL_ARGS [""]
 #   HELDOUT_FRACTION [0.05 with EVAL=offline, else unset: runs train on every episode, like VLA-Adapter; when set,
 #   the last HELDOUT_FRACTION of the episodes is kept out of training for the offline evaluation]
-#   DRY_RUN [0; 1 prints the commands only]  SMOKE [0; 1 = tiny assets, synthetic data, a few steps, offline eval;
-#   missing assets are built first, SMOKE_EPISODES_PER_TASK (5) synthetic episodes per task]
+#   DRY_RUN [0; 1 prints the commands only]  SMOKE [0; 1 = tiny assets, synthetic data, 8 steps of batch 2 (no
+#   accumulation, LoRA rank 8; the rest of the recipe kept), offline eval; missing assets are built first,
+#   SMOKE_EPISODES_PER_TASK (5) synthetic episodes per task]
 set -uo pipefail
 
 SWEEP_REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -31,12 +41,15 @@ sweep_defaults() {
     : "${DATA_ROOT_DIR:=data/synthetic_libero}"
     : "${RUN_ROOT:=runs/smoke}"
     : "${BATCH_SIZE:=2}"
+    : "${GRAD_ACCUMULATION_STEPS:=1}"
+    : "${LORA_RANK:=8}"
     : "${SAVE_FREQ:=4}"
     : "${USE_WANDB:=False}"
     : "${EVAL:=offline}"
     : "${GPUS:=cpu}"
-    : "${EXTRA_ARGS:=--lora_rank 8 --shuffle_buffer_size 500 --console_log_freq 2}"
+    : "${EXTRA_ARGS:=--shuffle_buffer_size 500 --console_log_freq 2}"
   fi
+  : "${RECIPE:=vla-adapter}"
   : "${VLM_PATH:=pretrained_models/prism-qwen25-extra-dinosiglip-224px-0_5b}"
   : "${CONFIG_FILE_PATH:=pretrained_models/configs}"
   : "${DATA_ROOT_DIR:=data/libero}"
@@ -53,6 +66,16 @@ sweep_defaults() {
   if [[ -z "${GPUS:-}" ]]; then
     GPUS="$("$PYTHON" -c 'import torch; n = torch.cuda.device_count(); print(",".join(map(str, range(n))) or "cpu")' 2>/dev/null || echo cpu)"
   fi
+  if [[ ! "$GPUS_PER_RUN" =~ ^[1-9][0-9]*$ ]]; then
+    echo "GPUS_PER_RUN must be a positive integer (got '$GPUS_PER_RUN')" >&2
+    return 2
+  fi
+  if [[ "$GPUS" != "cpu" ]] && (($(tr ',' '\n' <<< "$GPUS" | grep -c .) < GPUS_PER_RUN)); then
+    echo "GPUS=$GPUS has fewer devices than GPUS_PER_RUN=$GPUS_PER_RUN" >&2
+    return 2
+  fi
+  # Training processes per run: one on the CPU, GPUS_PER_RUN on GPUs (the recipe's batch variant follows it).
+  SWEEP_NPROC=$([[ "$GPUS" == "cpu" ]] && echo 1 || echo "$GPUS_PER_RUN")
 }
 
 # The guide's full CRaFT configuration (section 2.2) is finetune.py's default CRaFT configuration, so only what differs
@@ -77,15 +100,126 @@ suite_of() {
   esac
 }
 
+# short_suite_of SUITE: the short name of a LIBERO suite (the recipe file's name), e.g. libero_10 -> long.
+short_suite_of() {
+  case "$1" in
+    libero_spatial | libero_object | libero_goal) echo "${1#libero_}" ;;
+    libero_10) echo "long" ;;
+    *) echo "unknown LIBERO suite '$1' (libero_spatial libero_object libero_goal libero_10)" >&2; return 2 ;;
+  esac
+}
+
 # default_steps FULL: the optimizer steps of a run, FULL normally and 8 in smoke mode.
 default_steps() {
   if [[ "${SMOKE:-0}" == "1" ]]; then echo 8; else echo "$1"; fi
+}
+
+RECIPES_DIR="$SWEEP_REPO/craft_experiments/recipes"
+# RECIPE: a name (a folder of RECIPES_DIR) or a path with a '/', made absolute here (the sweep runs from the repo root).
+if [[ "${RECIPE:-}" == */* && -d "$RECIPE" ]]; then RECIPE="$(cd "$RECIPE" && pwd)"; fi
+# The recipe keys passed to finetune.py as they are (KEY -> --key), each overridden by the environment knob KEY.
+RECIPE_FLAG_KEYS=(LEARNING_RATE LR_WARMUP_STEPS NUM_STEPS_BEFORE_DECAY LORA_RANK USE_PRO_VERSION IMAGE_AUG
+                  NUM_IMAGES_IN_INPUT USE_PROPRIO)
+declare -gA RECIPE_VALUES=()
+
+# recipe_load SUITE: read the recipe of a short suite name into RECIPE_VALUES; false (nothing read) with RECIPE=none.
+recipe_load() {
+  local recipe="${RECIPE:-vla-adapter}"
+  RECIPE_VALUES=()
+  [[ "$recipe" == "none" ]] && return 1
+  local dir="$RECIPES_DIR/$recipe"
+  [[ "$recipe" == */* ]] && dir="$recipe"  # a folder of one's own <suite>.env files
+  local file="$dir/$1.env" line key
+  if [[ ! -f "$file" ]]; then
+    echo "RECIPE=$recipe has no recipe for suite '$1' ($file is missing; RECIPE=none uses finetune.py's defaults)" >&2
+    exit 2
+  fi
+  while IFS= read -r line || [[ -n "$line" ]]; do
+    [[ "$line" =~ ^[[:space:]]*(#|$) ]] && continue
+    key="${line%%=*}"
+    [[ "$key" != "$line" && "$key" =~ ^[A-Z0-9_]+$ ]] || { echo "$file: not KEY=VALUE: $line" >&2; exit 2; }
+    RECIPE_VALUES[$key]="${line#*=}"
+  done < "$file"
+  for key in GLOBAL_BATCH BATCH_SIZE_1GPU GRAD_ACCUMULATION_STEPS_1GPU BATCH_SIZE_4GPU GRAD_ACCUMULATION_STEPS_4GPU \
+             MAX_STEPS; do
+    if [[ ! "${RECIPE_VALUES[$key]:-}" =~ ^[1-9][0-9]*$ ]]; then
+      echo "$file: $key is missing or not a positive integer" >&2
+      exit 2
+    fi
+  done
+  for key in "${RECIPE_FLAG_KEYS[@]}"; do
+    if [[ ! "${RECIPE_VALUES[$key]:-}" =~ ^[A-Za-z0-9.+-]+$ ]]; then
+      echo "$file: $key is missing or not one word" >&2
+      exit 2
+    fi
+  done
+  RECIPE_VALUES[FILE]="$file"
+}
+
+# recipe_steps SUITE FALLBACK: the optimizer steps of the suite's recipe (FALLBACK with RECIPE=none, 8 in smoke mode).
+recipe_steps() {
+  if [[ "${SMOKE:-0}" == "1" ]]; then echo 8; return; fi
+  if recipe_load "$1"; then echo "${RECIPE_VALUES[MAX_STEPS]}"; else echo "$2"; fi
+}
+
+# recipe_flags SUITE NPROC: the finetune.py flags of the suite's recipe for NPROC processes per run, with the
+# environment's overrides; the batch variant keeps the recipe's global batch (an impossible request exits 2).
+recipe_flags() {
+  local suite="$1" nproc="$2" batch="${BATCH_SIZE:-}" accum="${GRAD_ACCUMULATION_STEPS:-}" key value out=()
+  if recipe_load "$suite"; then
+    local global="${RECIPE_VALUES[GLOBAL_BATCH]}" file="${RECIPE_VALUES[FILE]}" problem=""
+    for key in BATCH_SIZE GRAD_ACCUMULATION_STEPS; do
+      if [[ -n "${!key:-}" && ! "${!key}" =~ ^[1-9][0-9]*$ ]]; then
+        echo "$key must be a positive integer (got '${!key}')" >&2
+        exit 2
+      fi
+    done
+    if [[ -z "$batch" && -z "$accum" ]]; then
+      if [[ "$nproc" == 1 || "$nproc" == 4 ]]; then
+        batch="${RECIPE_VALUES[BATCH_SIZE_${nproc}GPU]}"
+        accum="${RECIPE_VALUES[GRAD_ACCUMULATION_STEPS_${nproc}GPU]}"
+      elif ((global % nproc == 0)); then  # the largest per-GPU batch up to the 4-GPU variant's that divides it
+        local largest="${RECIPE_VALUES[BATCH_SIZE_4GPU]}"
+        for ((batch = largest; batch > 1; batch--)); do
+          ((global / nproc % batch == 0)) && break
+        done
+        accum=$((global / nproc / batch))
+      else
+        problem="GPUS_PER_RUN=$nproc does not divide it: use a GPU count that does, or set BATCH_SIZE and"
+        problem+=" GRAD_ACCUMULATION_STEPS"
+      fi
+    elif [[ -z "$accum" ]]; then
+      ((global % (nproc * batch) == 0)) && accum=$((global / (nproc * batch)))
+      problem="BATCH_SIZE=$batch x $nproc process(es) does not divide it: choose another BATCH_SIZE, or set"
+      problem+=" GRAD_ACCUMULATION_STEPS too"
+    elif [[ -z "$batch" ]]; then
+      ((global % (nproc * accum) == 0)) && batch=$((global / (nproc * accum)))
+      problem="GRAD_ACCUMULATION_STEPS=$accum x $nproc process(es) does not divide it: choose another, or set"
+      problem+=" BATCH_SIZE too"
+    fi
+    if [[ -z "$batch" || -z "$accum" ]]; then
+      echo "cannot keep the global batch $global of $file (per-GPU batch x processes x accumulation): $problem" >&2
+      exit 2
+    fi
+    if ((batch * nproc * accum != global)) && [[ -z "${BATCH_SIZE:-}" || -z "${GRAD_ACCUMULATION_STEPS:-}" ]]; then
+      echo "$file: its ${nproc}-GPU variant does not make GLOBAL_BATCH=$global" >&2
+      exit 2
+    fi
+  fi
+  [[ -n "$batch" ]] && out+=(--batch_size "$batch")
+  [[ -n "$accum" ]] && out+=(--grad_accumulation_steps "$accum")
+  for key in "${RECIPE_FLAG_KEYS[@]}"; do
+    value="${!key:-${RECIPE_VALUES[$key]:-}}"
+    if [[ -n "$value" ]]; then out+=("--${key,,}" "$value"); fi
+  done
+  if ((${#out[@]} > 0)); then _q "${out[@]}"; fi
 }
 
 SWEEP_NAMES=()
 SWEEP_FLAGS=()
 SWEEP_STEPS=()
 SWEEP_SUITES=()
+SWEEP_RECIPE_FLAGS=()  # filled by sweep_run: the recipe's flags of each run (common.sh's knobs applied)
 
 # sweep_add NAME MAX_STEPS SUITE FLAGS...  (SUITE: the LIBERO suite to evaluate on, e.g. libero_spatial)
 sweep_add() {
@@ -99,9 +233,9 @@ sweep_add() {
 
 _q() { printf '%q ' "$@"; }
 
-# The training command of a run (fresh or resumed), one line.
+# The training command of a run (fresh or resumed), one line. A resumed run keeps the configuration of its checkpoint.
 _train_command() {
-  local name="$1" steps="$2" flags="$3" ngpu="$4"
+  local name="$1" steps="$2" flags="$3" ngpu="$4" recipe_flags="$5"
   local dir="$RUN_ROOT/$name" latest=""
   local launch=("$PYTHON" -m torch.distributed.run --standalone --nnodes 1 --nproc-per-node "$ngpu"
                 "$SWEEP_REPO/vla-scripts/finetune.py")
@@ -114,14 +248,12 @@ _train_command() {
     _q "${launch[@]}" --resume True --resume_step "$step" --resum_vla_path "$dir/$latest" --max_steps "$steps"
   else
     local optional=()  # finetune.py's defaults unless the sweep sets them
-    [[ -n "${BATCH_SIZE:-}" ]] && optional+=(--batch_size "$BATCH_SIZE")
-    [[ -n "${GRAD_ACCUMULATION_STEPS:-}" ]] && optional+=(--grad_accumulation_steps "$GRAD_ACCUMULATION_STEPS")
-    [[ -n "${LEARNING_RATE:-}" ]] && optional+=(--learning_rate "$LEARNING_RATE")
     [[ -n "${SAVE_FREQ:-}" ]] && optional+=(--save_freq "$SAVE_FREQ")
     [[ -n "${HELDOUT_FRACTION:-}" ]] && optional+=(--heldout_episode_fraction "$HELDOUT_FRACTION")
     _q "${launch[@]}" --vlm_path "$VLM_PATH" --config_file_path "$CONFIG_FILE_PATH" \
-      --data_root_dir "$DATA_ROOT_DIR" --run_root_dir "$dir" --run_id_override "$name" --max_steps "$steps" \
-      "${optional[@]}" --use_wandb "$USE_WANDB" --wandb_project "$WANDB_PROJECT"
+      --data_root_dir "$DATA_ROOT_DIR" --run_root_dir "$dir" --run_id_override "$name" --max_steps "$steps"
+    printf '%s' "$recipe_flags"
+    _q "${optional[@]}" --use_wandb "$USE_WANDB" --wandb_project "$WANDB_PROJECT"
     printf '%s %s' "$flags" "$EXTRA_ARGS"
   fi
 }
@@ -166,7 +298,7 @@ _run_job() {
       mv "$dir/$name" "$dir/$name.failed-$(date +%s)"   # logs of an attempt that never saved: start over
     fi
     local cmd
-    cmd="$(_train_command "$name" "$steps" "$flags" "$ngpu")"
+    cmd="$(_train_command "$name" "$steps" "$flags" "$ngpu" "${SWEEP_RECIPE_FLAGS[$i]}")"
     { echo "# $(date -Is) on devices $devices"; echo "$cmd"; } >> "$dir/command.sh"
     if ! eval "${env_prefix[*]} $cmd" >> "$dir/train.log" 2>&1; then
       echo "FAILED training (see $dir/train.log)" > "$dir/status"
@@ -201,9 +333,13 @@ _smoke_assets_commands() {
 }
 
 sweep_run() {
-  sweep_defaults
+  sweep_defaults || exit 2
   cd "$SWEEP_REPO" || exit 2
-  local n=${#SWEEP_NAMES[@]}
+  local n=${#SWEEP_NAMES[@]} short
+  for ((i = 0; i < n; i++)); do  # every run's recipe first: a bad recipe or GPU count stops the sweep before it starts
+    short="$(short_suite_of "${SWEEP_SUITES[$i]}")" || exit 2
+    SWEEP_RECIPE_FLAGS[i]="$(recipe_flags "$short" "$SWEEP_NPROC")" || exit 2
+  done
   local asset_cmd
   while IFS= read -r asset_cmd; do
     [[ -n "$asset_cmd" ]] || continue
@@ -220,7 +356,8 @@ sweep_run() {
       if [[ -f "$RUN_ROOT/$name/$name--${steps}_chkpt/training_state.pt" ]]; then
         echo "# skip training (finished): $name"
       else
-        echo "$(_train_command "$name" "$steps" "${SWEEP_FLAGS[$i]}" "$GPUS_PER_RUN")"
+        _train_command "$name" "$steps" "${SWEEP_FLAGS[$i]}" "$SWEEP_NPROC" "${SWEEP_RECIPE_FLAGS[$i]}"
+        echo
       fi
       if ! _eval_done "$name" "${SWEEP_SUITES[$i]}"; then
         local ecmd
@@ -240,7 +377,7 @@ sweep_run() {
       slots+=("$(IFS=,; echo "${gpus[*]:g:GPUS_PER_RUN}")")
     done
   fi
-  local ngpu=$([[ "$GPUS" == "cpu" ]] && echo 1 || echo "$GPUS_PER_RUN")
+  local ngpu="$SWEEP_NPROC"
   declare -A slot_pid=()
   declare -A pid_job=()
   local failed=()

@@ -6,6 +6,8 @@ Reads every `table1-*`, `table2-*` and `table4-*` run under `--run_root` (`<run>
 `<run>/eval_<suite>/eval_results.json`, `<run>/offline_eval.json`) and writes, for each table, Markdown and LaTeX with
 mean +- std over seeds and the number of seeds found (missing cells are marked and listed), plus PNG plots: retention
 loss against the budget, lambda, conflict ratio (baseline vs CRaFT), action loss, and success rates per suite.
+The training recipes of the sweeps (`craft_experiments/recipes/<recipe>/<suite>.env`) are cited: Table 1's success
+rates get the published row each recipe reproduces, and `recipes.md` lists the recipes with their sources.
 """
 
 import json
@@ -14,6 +16,7 @@ import re
 import statistics
 from collections import defaultdict
 from dataclasses import dataclass, field
+from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +36,7 @@ ABLATIONS = {
 }
 NAME = re.compile(r"^table(?P<table>[124])-(?P<key>.+)-seed(?P<seed>\d+)$")
 MISSING = "—"
+RECIPES_DIR = Path(__file__).resolve().parent / "recipes"
 
 
 @dataclass
@@ -40,6 +44,7 @@ class MakeTablesConfig:
     run_root: Path = Path("runs")
     out_dir: Path | None = None  # default: <run_root>/results, beside the (git-ignored) runs it summarises
     budget: float = 0.1  # epsilon drawn on the retention plot when runs do not record it
+    recipe: str = "vla-adapter"  # the sweeps' RECIPE: a folder of recipes/ or a path; none: cite no recipe
 
 
 @dataclass
@@ -139,6 +144,72 @@ class Table:
         )
 
 
+def load_recipe(path: Path) -> dict[str, str]:
+    """The KEY=VALUE lines of a recipe file (the format common.sh reads: `#` comments, no quotes)."""
+    values = {}
+    for number, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        key, eq, value = line.partition("=")
+        if not eq or not re.fullmatch(r"[A-Z0-9_]+", key):
+            raise ValueError(f"{path}:{number}: not KEY=VALUE: {line}")
+        values[key] = value
+    return values
+
+
+def load_recipes(recipe: str = "vla-adapter") -> dict[str, dict[str, str]]:
+    """The recipes of a RECIPE (a folder of `recipes/` or a path), by short suite name in table order."""
+    if recipe == "none":
+        return {}
+    folder = Path(recipe) if "/" in recipe else RECIPES_DIR / recipe
+    found = {path.stem: load_recipe(path) for path in folder.glob("*.env")}
+    if not found:
+        raise FileNotFoundError(f"no <suite>.env recipes in {folder}")
+    return {suite: found[suite] for suite in [*SUITES, *sorted(set(found) - set(SUITES))] if suite in found}
+
+
+def _variant(recipe: dict[str, str], gpus: int) -> str:
+    """The finetune.py batch flags of a recipe's 1-GPU or 4-GPU variant."""
+    batch, accum = recipe[f"BATCH_SIZE_{gpus}GPU"], recipe[f"GRAD_ACCUMULATION_STEPS_{gpus}GPU"]
+    return f"--batch_size {batch} --grad_accumulation_steps {accum}"
+
+
+def recipe_table(recipes: dict[str, dict[str, str]]) -> Table:
+    """Suite | recipe | 1-GPU and 4-GPU batch flags | the published number it reproduces; the sources as notes."""
+    rows = []
+    sources: dict[tuple[str, str], list[str]] = defaultdict(list)  # (what, source) -> the suites it applies to
+    for suite, r in recipes.items():
+        name = SUITES.get(suite, suite)
+        rows.append(
+            [
+                name,
+                r["GLOBAL_BATCH"],
+                r["MAX_STEPS"],
+                r["LEARNING_RATE"],
+                f"x0.1 after step {r['NUM_STEPS_BEFORE_DECAY']}, warmup {r['LR_WARMUP_STEPS']}",
+                _variant(r, 1),
+                _variant(r, 4),
+                f"{r['PUBLISHED_MODEL']} {r['PUBLISHED_SUCCESS']}",
+            ]
+        )
+        for key, value in r.items():
+            if key.startswith("SOURCE_"):
+                sources[(key.removeprefix("SOURCE_").lower(), value)].append(name)
+    notes = [f"{what} ({', '.join(names)}): {source}" for (what, source), names in sources.items()]
+    header = ["Suite", "Global batch", "Steps", "LR", "LR schedule", "1 GPU", "4 GPUs", "Reproduces (success %)"]
+    return Table("Training recipes (craft_experiments/recipes/)", header, rows, notes)
+
+
+def published_row(recipes: dict[str, dict[str, str]]) -> list[str] | None:
+    """Table 1's reference row: the published success rate each suite's recipe reproduces, and their average."""
+    if not all(suite in recipes for suite in SUITES):
+        return None
+    values = [Decimal(recipes[suite]["PUBLISHED_SUCCESS"]) for suite in SUITES]
+    average = (sum(values) / len(values)).quantize(Decimal("0.1"), rounding=ROUND_HALF_UP)  # 98.45 -> 98.5
+    models = sorted({recipes[suite]["PUBLISHED_MODEL"] for suite in SUITES})
+    return [f"{' / '.join(models)} (published)", *(str(v) for v in values), str(average)]
+
+
 def _grid(
     runs: list[Run],
     table: str,
@@ -175,7 +246,9 @@ def _grid(
     return body, missing
 
 
-def build_tables(runs: list[Run], seeds: int = 3) -> dict[str, Table]:
+def build_tables(runs: list[Run], seeds: int = 3, recipes: dict[str, dict[str, str]] | None = None) -> dict[str, Table]:
+    """Tables 1, 2 (success and/or held-out L1, whichever the runs have) and 4; with `recipes`, Table 1's success
+    rates get a reference row: the published numbers the suites' recipes reproduce."""
     tables: dict[str, Table] = {}
     have_success = any(r.success_rate is not None for r in runs)
     have_offline = any(r.offline for r in runs)
@@ -187,11 +260,16 @@ def build_tables(runs: list[Run], seeds: int = 3) -> dict[str, Table]:
     for metric, percent, label in specs:
         suffix = "" if metric == "success" else "_offline"
         body, missing = _grid(runs, "1", METHODS, SUITES, lambda r, c: f"{c}-{r}", metric, percent, seeds, True)
+        notes = [f"missing: {m}" for m in missing] or ["all runs present"]
+        reference = published_row(recipes or {}) if metric == "success" else None
+        if reference is not None:
+            body.append(reference)
+            notes.append(
+                f"{reference[0]}: the success rate each suite's training recipe reproduces "
+                "(craft_experiments/recipes/, sources in recipes.md)"
+            )
         tables[f"table1{suffix}"] = Table(
-            f"Table 1: {label}, mean ± std over seeds (n)",
-            ["Method", *SUITES.values(), "Avg"],
-            body,
-            [f"missing: {m}" for m in missing] or ["all runs present"],
+            f"Table 1: {label}, mean ± std over seeds (n)", ["Method", *SUITES.values(), "Avg"], body, notes
         )
         found_shots = sorted({int(r.key.split("shot")[0]) for r in runs if r.table == "2" and "shot-" in r.key})
         shots = {f"{k}shot": f"{k}-shot" for k in found_shots or (5, 10)}  # smoke sweeps use fewer shots
@@ -303,7 +381,10 @@ def main(cfg: MakeTablesConfig) -> None:
         raise SystemExit(f"no table1-/table2-/table4- runs under {cfg.run_root}")
     out_dir = cfg.out_dir if cfg.out_dir is not None else cfg.run_root / "results"
     out_dir.mkdir(parents=True, exist_ok=True)
-    tables = build_tables(runs)
+    recipes = load_recipes(cfg.recipe)
+    tables = build_tables(runs, recipes=recipes)
+    if recipes:
+        tables["recipes"] = recipe_table(recipes)
     for name, table in tables.items():
         (out_dir / f"{name}.md").write_text(table.markdown())
         (out_dir / f"{name}.tex").write_text(table.latex())

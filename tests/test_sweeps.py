@@ -1,10 +1,12 @@
-"""Paper sweeps: the commands each script plans, skip/resume of runs, failure handling, tables and plots."""
+"""Paper sweeps: the commands each script plans (with their suites' recipes), skip/resume of runs, failure handling,
+tables and plots."""
 
 from __future__ import annotations
 
 import json
 import os
 import re
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -22,6 +24,22 @@ SCRIPTS = {
     "table2": EXPERIMENTS / "02_stability_efficiency" / "run_table2_fewshot.sh",
     "table4": EXPERIMENTS / "03_ablations" / "run_table4_ablations.sh",
 }
+RECIPES_DIR = EXPERIMENTS / "recipes" / "vla-adapter"
+RECIPES = make_tables.load_recipes("vla-adapter")
+LIBERO = {"spatial": "libero_spatial", "object": "libero_object", "goal": "libero_goal", "long": "libero_10"}
+# VLA-Adapter-Pro's published LIBERO success rates (README of OpenHelix-Team/VLA-Adapter; REFERENCE_FACTS section 5).
+PUBLISHED_PRO = {"spatial": "99.6", "object": "99.6", "goal": "98.2", "long": "96.4"}
+# The recipe keys passed to finetune.py as they are (KEY -> --key).
+RECIPE_FLAGS = (
+    "LEARNING_RATE",
+    "LR_WARMUP_STEPS",
+    "NUM_STEPS_BEFORE_DECAY",
+    "LORA_RANK",
+    "USE_PRO_VERSION",
+    "IMAGE_AUG",
+    "NUM_IMAGES_IN_INPUT",
+    "USE_PROPRIO",
+)
 
 
 def sweep(script: str, tmp_path: Path, timeout: float = 300, **env: str) -> subprocess.CompletedProcess[str]:
@@ -45,6 +63,25 @@ def run_names(commands: list[str]) -> list[str]:
     return [re.search(r"--run_id_override (\S+)", c).group(1) for c in commands]
 
 
+def flags_of(command: str) -> dict[str, str]:
+    """`--flag value` pairs of a command; a repeated flag keeps its last value, as finetune.py's parser does."""
+    tokens = shlex.split(command)
+    return {t[2:]: tokens[i + 1] for i, t in enumerate(tokens[:-1]) if t.startswith("--")}
+
+
+def global_batch(command: str) -> int:
+    flags = flags_of(command)
+    return int(flags["batch_size"]) * int(flags["nproc-per-node"]) * int(flags["grad_accumulation_steps"])
+
+
+def dry_table1(tmp_path: Path, **env: str) -> dict[str, str]:
+    """The planned training command of each suite (baseline, seed 42) of a dry-run Table 1 sweep."""
+    proc = sweep("table1", tmp_path, DRY_RUN="1", METHODS="baseline", SEEDS="42", **env)
+    assert proc.returncode == 0, proc.stderr
+    train, _ = planned(proc.stdout)
+    return {re.search(r"table1-(\w+)-baseline", c).group(1): c for c in train}
+
+
 def test_table1_plans_every_suite_method_and_seed(tmp_path: Path) -> None:
     proc = sweep("table1", tmp_path, DRY_RUN="1")
     assert proc.returncode == 0, proc.stderr
@@ -60,7 +97,9 @@ def test_table1_plans_every_suite_method_and_seed(tmp_path: Path) -> None:
     assert all("--use_craft True" in c and "--craft_" not in c for c in craft)  # the defaults are the full method
     assert all("--use_craft False" in c for c in train if "-baseline-" in c)
     assert all("--dataset_name libero_10_no_noops" in c for c in train if "-long-" in c)
-    assert all("--max_steps 20000" in c and f"--run_root_dir {tmp_path / 'runs'}/table1-" in c for c in train)
+    assert all(f"--run_root_dir {tmp_path / 'runs'}/table1-" in c for c in train)
+    for c, name in zip(train, run_names(train), strict=True):  # each suite's own number of steps
+        assert flags_of(c)["max_steps"] == RECIPES[name.split("-")[1]]["MAX_STEPS"], c
     assert all("--task_suite_name libero_goal" in c for c in evals if "-goal-" in c)
     assert not any("--heldout_episode_fraction" in c for c in train)  # every episode trains, like VLA-Adapter
 
@@ -78,10 +117,19 @@ def test_smoke_mode_builds_its_assets_and_trains_each_suite_on_its_own_data(tmp_
     assert all("--dataset_name libero_10_no_noops" in c for c in train if "-long-" in c)
     assert all("--max_steps 8" in c and "--data_root_dir data/synthetic_libero" in c for c in train)
     assert all("--heldout_episode_fraction 0.05" in c for c in train)  # the offline evaluation needs unseen episodes
+    for c in train:  # still tiny and fast with the recipes: batch 2, no accumulation, LoRA rank 8, one process
+        flags = flags_of(c)
+        assert (flags["batch_size"], flags["grad_accumulation_steps"], flags["lora_rank"]) == ("2", "1", "8"), c
+        assert flags["nproc-per-node"] == "1" and flags["learning_rate"] == "2e-4"
 
 
 def test_table2_and_table4_plans(tmp_path: Path) -> None:
     train, _ = planned(sweep("table2", tmp_path, DRY_RUN="1").stdout)
+    spatial = RECIPES["spatial"]  # the LIBERO-Spatial recipe with fewer steps
+    for c in train:
+        flags = flags_of(c)
+        assert flags["max_steps"] == "5000" and flags["learning_rate"] == spatial["LEARNING_RATE"], c
+        assert flags["batch_size"] == spatial["BATCH_SIZE_1GPU"] and global_batch(c) == int(spatial["GLOBAL_BATCH"])
     assert sorted(run_names(train)) == sorted(
         f"table2-{k}shot-{m}-seed{s}" for k in (5, 10) for m in ("baseline", "craft") for s in (42, 123, 456)
     )
@@ -89,12 +137,17 @@ def test_table2_and_table4_plans(tmp_path: Path) -> None:
         f"--n_shot_episodes {name.split('-')[1].removesuffix('shot')}" in c
         for c, name in zip(train, run_names(train), strict=True)
     )
+    train, _ = planned(sweep("table4", tmp_path, DRY_RUN="1", ABLATIONS="full", SEEDS="1", STEPS="123").stdout)
+    assert [flags_of(c)["max_steps"] for c in train] == ["123"]
     train, evals = planned(sweep("table4", tmp_path, DRY_RUN="1", EVAL="offline").stdout)
     by_name = dict(zip(run_names(train), train, strict=True))
     assert len(by_name) == 15
     assert "--craft_enable_projection False" in by_name["table4-no_projection-seed42"]
     assert "--craft_enable_dual False" in by_name["table4-no_dual-seed123"]
-    assert "--craft_" not in by_name["table4-full-seed42"] and "--batch_size" not in by_name["table4-full-seed42"]
+    assert "--craft_" not in by_name["table4-full-seed42"]
+    long = RECIPES["long"]  # the whole LIBERO-Long recipe, steps included: the "full" row is Table 1's CRaFT run
+    assert all(flags_of(c)["max_steps"] == long["MAX_STEPS"] == "60000" for c in train)
+    assert all(flags_of(c)["learning_rate"] == long["LEARNING_RATE"] and global_batch(c) == 64 for c in train)
     assert "--craft_anchor_type aq_only" in by_name["table4-aq_only-seed456"]
     assert "--craft_anchor_type raw_only" in by_name["table4-raw_only-seed42"]
     assert all("--dataset_name libero_10_no_noops" in c for c in train)
@@ -102,6 +155,170 @@ def test_table2_and_table4_plans(tmp_path: Path) -> None:
     assert all("--heldout_episode_fraction 0.05" in c for c in train)
     bad = sweep("table4", tmp_path, DRY_RUN="1", ABLATIONS="no_anchor")
     assert bad.returncode == 2 and "unknown ablation" in bad.stderr
+
+
+def test_each_suite_trains_with_its_recipe(tmp_path: Path) -> None:
+    """One GPU per run (and the CPU): the recipe's 1-GPU variant, steps, learning rate, schedule and model flags."""
+    commands = dry_table1(tmp_path)
+    assert set(commands) == set(RECIPES) == {"spatial", "object", "goal", "long"}
+    steps = {suite: flags_of(c)["max_steps"] for suite, c in commands.items()}
+    assert steps == {"spatial": "20000", "object": "5000", "goal": "50000", "long": "60000"}
+    for suite, command in commands.items():
+        recipe, flags = RECIPES[suite], flags_of(command)
+        assert flags["dataset_name"] == recipe["DATASET"] == f"{LIBERO[suite]}_no_noops"
+        assert flags["nproc-per-node"] == "1"
+        assert flags["batch_size"] == recipe["BATCH_SIZE_1GPU"] == "4"
+        assert flags["grad_accumulation_steps"] == recipe["GRAD_ACCUMULATION_STEPS_1GPU"] == "16"
+        assert global_batch(command) == int(recipe["GLOBAL_BATCH"]) == 64
+        for key in RECIPE_FLAGS:
+            assert flags[key.lower()] == recipe[key], (suite, key)
+            assert command.count(f"--{key.lower()} ") == 1, (suite, key)
+        assert (flags["learning_rate"], flags["num_steps_before_decay"]) == ("2e-4", "150000")
+
+
+@pytest.mark.parametrize(
+    ("gpus", "per_run", "batch", "accum"), [("0,1,2,3", 4, 16, 1), ("0,1", 2, 16, 2), ("0,1,2,3,4,5,6,7", 8, 8, 1)]
+)
+def test_gpus_per_run_keep_the_global_batch(tmp_path: Path, gpus: str, per_run: int, batch: int, accum: int) -> None:
+    """4 GPUs per run: the recipe's 4-GPU variant; other counts that divide the global batch: derived from it."""
+    commands = dry_table1(tmp_path, GPUS=gpus, GPUS_PER_RUN=str(per_run))
+    for suite, command in commands.items():
+        flags = flags_of(command)
+        assert (flags["nproc-per-node"], flags["batch_size"], flags["grad_accumulation_steps"]) == (
+            str(per_run),
+            str(batch),
+            str(accum),
+        ), command
+        assert global_batch(command) == int(RECIPES[suite]["GLOBAL_BATCH"]) == 64
+        if per_run == 4:
+            assert (flags["batch_size"], flags["grad_accumulation_steps"]) == (
+                RECIPES[suite]["BATCH_SIZE_4GPU"],
+                RECIPES[suite]["GRAD_ACCUMULATION_STEPS_4GPU"],
+            )
+        assert flags["max_steps"] == RECIPES[suite]["MAX_STEPS"]  # steps do not depend on the GPU count
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"GPUS": "0,1,2", "GPUS_PER_RUN": "3"}, "GPUS_PER_RUN=3 does not divide it"),
+        ({"GPUS": "0,1", "GPUS_PER_RUN": "4"}, "fewer devices than GPUS_PER_RUN=4"),
+        ({"GPUS_PER_RUN": "0"}, "GPUS_PER_RUN must be a positive integer"),
+        ({"BATCH_SIZE": "5"}, "BATCH_SIZE=5 x 1 process(es) does not divide it"),
+        ({"GRAD_ACCUMULATION_STEPS": "3"}, "GRAD_ACCUMULATION_STEPS=3 x 1 process(es) does not divide it"),
+        ({"RECIPE": "no-such-recipe"}, "RECIPE=no-such-recipe has no recipe for suite 'spatial'"),
+    ],
+)
+def test_a_batch_the_recipe_cannot_keep_is_refused(tmp_path: Path, env: dict[str, str], message: str) -> None:
+    proc = sweep("table1", tmp_path, DRY_RUN="1", SEEDS="42", **env)
+    assert proc.returncode == 2 and message in proc.stderr, proc.stderr
+    assert "finetune.py" not in proc.stdout  # refused before planning anything
+
+
+def test_environment_knobs_win_over_the_recipe(tmp_path: Path) -> None:
+    commands = dry_table1(
+        tmp_path,
+        SUITES="goal long",
+        STEPS_GOAL="100",
+        LEARNING_RATE="5e-4",
+        NUM_STEPS_BEFORE_DECAY="50",
+        LORA_RANK="32",
+        USE_PRO_VERSION="False",
+        BATCH_SIZE="8",
+    )
+    for suite, command in commands.items():
+        flags = flags_of(command)
+        assert flags["max_steps"] == ("100" if suite == "goal" else RECIPES["long"]["MAX_STEPS"])
+        assert (flags["learning_rate"], flags["num_steps_before_decay"], flags["lora_rank"]) == ("5e-4", "50", "32")
+        assert flags["use_pro_version"] == "False" and flags["image_aug"] == RECIPES[suite]["IMAGE_AUG"]
+        assert (flags["batch_size"], flags["grad_accumulation_steps"]) == ("8", "8")  # the global batch is kept
+        assert all(command.count(f"--{k} ") == 1 for k in ("learning_rate", "lora_rank", "batch_size"))
+    both = dry_table1(tmp_path, SUITES="object", BATCH_SIZE="8", GRAD_ACCUMULATION_STEPS="3")["object"]
+    assert (flags_of(both)["batch_size"], flags_of(both)["grad_accumulation_steps"]) == ("8", "3")  # as asked
+    accum = dry_table1(tmp_path, SUITES="object", GPUS="0,1,2,3", GPUS_PER_RUN="4", GRAD_ACCUMULATION_STEPS="4")
+    assert (flags_of(accum["object"])["batch_size"], global_batch(accum["object"])) == ("4", 64)
+    extra = dry_table1(tmp_path, SUITES="object", EXTRA_ARGS="--image_aug False")["object"]
+    assert flags_of(extra)["image_aug"] == "False"  # EXTRA_ARGS comes last and wins
+    plain = dry_table1(tmp_path, RECIPE="none", LEARNING_RATE="1e-4")
+    for command in plain.values():  # finetune.py's defaults: only the knobs that are set
+        flags = flags_of(command)
+        assert flags["max_steps"] == "20000" and flags["learning_rate"] == "1e-4"
+        assert not {"batch_size", "grad_accumulation_steps", "lora_rank", "num_steps_before_decay"} & set(flags)
+
+
+def test_a_recipe_folder_of_ones_own(tmp_path: Path) -> None:
+    mine = tmp_path / "my-recipes"
+    mine.mkdir()
+    text = (RECIPES_DIR / "goal.env").read_text()
+    changed = text.replace("MAX_STEPS=50000", "MAX_STEPS=777").replace("LEARNING_RATE=2e-4", "LEARNING_RATE=3e-4")
+    (mine / "goal.env").write_text(changed)
+    command = dry_table1(tmp_path, SUITES="goal", RECIPE=str(mine))["goal"]
+    assert (flags_of(command)["max_steps"], flags_of(command)["learning_rate"]) == ("777", "3e-4")
+    proc = sweep("table1", tmp_path, DRY_RUN="1", SUITES="spatial", RECIPE=str(mine))
+    assert proc.returncode == 2 and "spatial.env is missing" in proc.stderr
+    # A 4-GPU variant of its own (8 x 4 GPUs x 2): as written for 4 GPUs, and its per-GPU batch caps other counts.
+    (mine / "goal.env").write_text(
+        changed.replace("BATCH_SIZE_4GPU=16", "BATCH_SIZE_4GPU=8").replace(
+            "GRAD_ACCUMULATION_STEPS_4GPU=1", "GRAD_ACCUMULATION_STEPS_4GPU=2"
+        )
+    )
+    for gpus, per_run, expected in (("0,1,2,3", "4", ("4", "8", "2")), ("0,1", "2", ("2", "8", "4"))):
+        own = dry_table1(tmp_path, SUITES="goal", RECIPE=str(mine), GPUS=gpus, GPUS_PER_RUN=per_run)
+        flags = flags_of(own["goal"])
+        assert (flags["nproc-per-node"], flags["batch_size"], flags["grad_accumulation_steps"]) == expected
+    (mine / "goal.env").write_text(changed.replace("GRAD_ACCUMULATION_STEPS_1GPU=16", "GRAD_ACCUMULATION_STEPS_1GPU=2"))
+    proc = sweep("table1", tmp_path, DRY_RUN="1", SUITES="goal", RECIPE=str(mine))
+    assert proc.returncode == 2 and "1-GPU variant does not make GLOBAL_BATCH=64" in proc.stderr
+    (mine / "goal.env").write_text(changed.replace("LORA_RANK=64", "LORA_RANK=6 4"))
+    proc = sweep("table1", tmp_path, DRY_RUN="1", SUITES="goal", RECIPE=str(mine))
+    assert proc.returncode == 2 and "LORA_RANK is missing or not one word" in proc.stderr
+
+
+def test_every_recipe_names_its_sources_and_the_published_number(tmp_path: Path) -> None:
+    assert sorted(p.stem for p in RECIPES_DIR.glob("*.env")) == ["goal", "long", "object", "spatial"]
+    for suite, recipe in RECIPES.items():
+        assert recipe["SUITE"] == suite
+        for what in ("BATCH", "STEPS", "LR", "DECAY", "MODEL", "PUBLISHED"):
+            assert len(recipe.get(f"SOURCE_{what}", "")) > 40, (suite, what)
+        assert "838a36da195daf3e8b8a53520c8c7ce86231b6d9" in (RECIPES_DIR / f"{suite}.env").read_text()
+        assert (recipe["PUBLISHED_MODEL"], recipe["PUBLISHED_SUCCESS"]) == ("VLA-Adapter-Pro", PUBLISHED_PRO[suite])
+        assert f"{recipe['PUBLISHED_SUCCESS']}" in recipe["SOURCE_PUBLISHED"]
+        assert recipe["MAX_STEPS"] in recipe["SOURCE_STEPS"] and "Not published" in recipe["SOURCE_STEPS"]
+        for gpus in (1, 4):
+            batch = int(recipe[f"BATCH_SIZE_{gpus}GPU"]) * gpus * int(recipe[f"GRAD_ACCUMULATION_STEPS_{gpus}GPU"])
+            assert batch == int(recipe["GLOBAL_BATCH"]), (suite, gpus)
+        assert int(recipe["NUM_STEPS_BEFORE_DECAY"]) > int(recipe["MAX_STEPS"])  # constant LR, as published runs had
+    assert make_tables.published_row(RECIPES) == ["VLA-Adapter-Pro (published)", "99.6", "99.6", "98.2", "96.4", "98.5"]
+    table = make_tables.recipe_table(RECIPES)
+    assert [row[2] for row in table.rows] == ["20000", "5000", "50000", "60000"]
+    assert table.rows[0][5:] == [
+        "--batch_size 4 --grad_accumulation_steps 16",
+        "--batch_size 16 --grad_accumulation_steps 1",
+        "VLA-Adapter-Pro 99.6",
+    ]
+    assert any("issue #46" in note and "(Spatial)" in note for note in table.notes)
+    (tmp_path / "bad.env").write_text("# a comment\nMAX STEPS 3\n")
+    with pytest.raises(ValueError, match=r"bad\.env:2: not KEY=VALUE"):
+        make_tables.load_recipe(tmp_path / "bad.env")
+
+
+@pytest.mark.parametrize(
+    "doc",
+    ["craft_experiments/README.md", "docs/TRAINING_AND_EVALUATION.md", "docs/TRAINING_AND_EVALUATION.zh-CN.md"],
+)
+def test_the_documented_recipe_table_matches_the_recipes(doc: str) -> None:
+    text = (REPO_ROOT / doc).read_text()
+    rows = {
+        line.split("|")[1].strip(): line
+        for line in text.splitlines()
+        if line.startswith("| ") and "recipes/vla-adapter/" in line
+    }
+    for suite, recipe in RECIPES.items():
+        row = next(line for name, line in rows.items() if name.startswith(make_tables.SUITES[suite]))
+        for value in (recipe["GLOBAL_BATCH"], f"{int(recipe['MAX_STEPS']):,}", recipe["LEARNING_RATE"]):
+            assert value in row, (doc, suite, value)
+        assert f"{recipe['PUBLISHED_MODEL']} {recipe['PUBLISHED_SUCCESS']}" in row, (doc, suite)
+        assert f"recipes/vla-adapter/{suite}.env" in row, (doc, suite)
 
 
 @pytest.mark.slow
@@ -262,6 +479,12 @@ def test_tables_and_plots_from_fabricated_runs(tmp_path: Path) -> None:
     ):
         assert (out / name).is_file() and (out / name).stat().st_size > 0, name
     assert "85.0 ± 7.1 (2/3)" in (out / "table1.md").read_text()
+    # The recipes are cited: Table 1's success rates get the published row they reproduce, recipes.md their sources.
+    assert "| VLA-Adapter-Pro (published) | 99.6 | 99.6 | 98.2 | 96.4 | 98.5 |" in (out / "table1.md").read_text()
+    assert "VLA-Adapter-Pro" not in (out / "table1_offline.md").read_text()
+    assert "| Long | 64 | 60000 | 2e-4 |" in (out / "recipes.md").read_text()
+    with_recipes = make_tables.build_tables(runs, recipes=RECIPES)["table1"]
+    assert with_recipes.rows[:2] == t1.rows and with_recipes.rows[2][0] == "VLA-Adapter-Pro (published)"
 
 
 def test_make_tables_needs_runs(tmp_path: Path) -> None:
