@@ -18,6 +18,7 @@ from craft.features import (
 from craft.gradients import AccumulatedTotals, GradientAccumulator, distributed_world_size
 from craft.projection import DEFAULT_PROJECTION_DELTA, ProjectionResult, project_conflicting
 from craft.retention import RetentionResult, retention_loss
+from craft.similarity import linear_cka
 from craft.step import CRaFTStep, CRaFTStepStats
 
 __version__ = "0.1.0"
@@ -39,6 +40,7 @@ __all__ = [
     "deepest_hidden_state_index",
     "distributed_world_size",
     "extract_features",
+    "linear_cka",
     "masked_mean_pool",
     "project_conflicting",
     "resolve_layer_index",

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from craft import CRaFTConfig
-from prismatic.eval.offline import OfflineSettings, evaluate_offline, linear_cka
+from craft import CRaFTConfig, linear_cka
+from prismatic.eval.offline import OfflineSettings, evaluate_offline
 from prismatic.models.loaders import LoadedPolicy, PolicySpec, load_prismatic_vlm
 from prismatic.models.policy import VLAAdapterPolicy
 from prismatic.training.config import FinetuneConfig

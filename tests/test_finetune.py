@@ -113,6 +113,9 @@ def test_craft_run_end_to_end(tmp_path: Path, tiny_assets: tuple[Path, Path], ti
     assert [r["step"] for r in validated] == [2, 4]
     assert all(r[validation.VAL_SAMPLES] >= 2 and 0 < r[validation.VAL_L1] < 2 for r in validated)
     assert validated[0][validation.VAL_RETENTION] >= 0 and validated[-1][validation.VAL_RETENTION] > 0
+    cka_keys = {validation.VAL_CKA_RAW, validation.VAL_CKA_AQ}  # concat anchor: raw tokens (layer m) and action queries
+    assert all(cka_keys <= set(r) and all(0.0 <= r[key] <= 1.0 + 1e-9 for key in cka_keys) for r in validated)
+    assert validated[-1][validation.VAL_CKA_RAW] < 1.0  # 4 LoRA steps moved the raw features
     lines = [line for line in (run_dir / "train_progress.log").read_text().splitlines() if line.startswith("Step")]
     assert len(lines) == 4 and all(GUIDE_LINE.match(line) for line in lines), lines
 

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from craft import CRaFTConfig, masked_mean_pool, retention_loss
+from craft import CRaFTConfig, linear_cka, masked_mean_pool, retention_loss
 from prismatic.models.anchor import retention_features, token_masks
 from prismatic.models.batch import PaddedCollatorForActionPrediction, RLDSBatchTransform
 from prismatic.models.loaders import LoadedPolicy, load_base_vlm
@@ -27,25 +27,6 @@ from prismatic.models.tokenizer import load_tokenizer
 from prismatic.models.vlm import PrismaticVLM, VLMOutput
 from prismatic.vla.datasets import RLDSDataset, StreamConfig
 from prismatic.vla.normalization import unnormalize
-
-
-def linear_cka(first: np.ndarray | torch.Tensor, second: np.ndarray | torch.Tensor) -> float:
-    """Linear CKA of two feature matrices (n samples x d1, n x d2): 1 for identical (up to rotation and scale).
-
-    Features that do not vary over the samples (e.g. zero-initialised action queries at the embedding layer) have
-    no similarity structure: CKA is then 1 if both sides are constant and 0 if only one is.
-    """
-    first = torch.as_tensor(first, dtype=torch.float64)
-    second = torch.as_tensor(second, dtype=torch.float64)
-    if first.shape[0] != second.shape[0] or first.shape[0] < 2:
-        raise ValueError(f"CKA needs the same n >= 2 samples in both matrices, got {first.shape} and {second.shape}")
-    first = first - first.mean(0, keepdim=True)
-    second = second - second.mean(0, keepdim=True)
-    cross = torch.linalg.matrix_norm(second.T @ first) ** 2
-    denom = torch.linalg.matrix_norm(first.T @ first) * torch.linalg.matrix_norm(second.T @ second)
-    if denom > 0:
-        return float(cross / denom)
-    return 1.0 if not first.any() and not second.any() else 0.0
 
 
 @dataclass

@@ -63,13 +63,16 @@ class Anchor:
         )
 
     @torch.no_grad()
-    def features(self, batch: PolicyBatch) -> torch.Tensor:
-        """f~ of the initial model on `batch` (the anchor forward stops at the deepest layer the features need)."""
+    def forward(self, batch: PolicyBatch) -> VLMOutput:
+        """The initial model's hidden states on `batch`, up to the deepest layer the features need."""
         inputs = {**batch.vlm_inputs(), "stop_after_layer": self.deepest}
         if self.frozen_copy:
-            out = self.vlm(**inputs)
-        else:
-            assert isinstance(self.vlm, PeftModel)
-            with self.vlm.disable_adapter():
-                out = self.vlm(**inputs)
-        return retention_features(out, self.config, self.num_layers)
+            return self.vlm(**inputs)
+        assert isinstance(self.vlm, PeftModel)
+        with self.vlm.disable_adapter():
+            return self.vlm(**inputs)
+
+    @torch.no_grad()
+    def features(self, batch: PolicyBatch) -> torch.Tensor:
+        """f~ of the initial model on `batch` (the anchor forward stops at the deepest layer the features need)."""
+        return retention_features(self.forward(batch), self.config, self.num_layers)
