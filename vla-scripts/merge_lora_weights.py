@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from prismatic.models.loaders import load_policy
+from prismatic.models.precision import MERGED_DTYPES
 from prismatic.models.savers import save_policy
 from prismatic.util.cli import cli_entry
 
@@ -21,11 +22,14 @@ class MergeLoRAConfig:
     checkpoint_dir: Path = Path("")  # a checkpoint folder with lora_adapter/ (required)
     output_dir: Path | None = None  # default: <checkpoint_dir>--merged
     base_vlm_path: Path | None = None  # default: the base VLM the checkpoint records (relative, then absolute)
+    merged_dtype: str = "bf16"  # bf16 (like VLA-Adapter's released checkpoints, half the size) | fp32
     overwrite: bool = False
 
 
 @cli_entry
 def main(cfg: MergeLoRAConfig) -> None:
+    if cfg.merged_dtype not in MERGED_DTYPES:
+        raise ValueError(f"--merged_dtype must be one of {', '.join(MERGED_DTYPES)} (got {cfg.merged_dtype!r})")
     if not str(cfg.checkpoint_dir) or not (cfg.checkpoint_dir / "lora_adapter").is_dir():
         raise FileNotFoundError(f"--checkpoint_dir {cfg.checkpoint_dir!s} has no lora_adapter/ folder to merge")
     output = cfg.output_dir or cfg.checkpoint_dir.with_name(cfg.checkpoint_dir.name + "--merged")
@@ -35,8 +39,16 @@ def main(cfg: MergeLoRAConfig) -> None:
     spec = loaded.spec
     spec.extra = {**spec.extra, "merged_from": str(cfg.checkpoint_dir), "merged_lora": spec.lora}
     spec.lora = None
-    save_policy(output, loaded.policy, spec, cfg.checkpoint_dir, loaded.dataset_statistics, overwrite=cfg.overwrite)
-    print(f"[merge-lora] merged policy written to {output}", flush=True)
+    save_policy(
+        output,
+        loaded.policy,
+        spec,
+        cfg.checkpoint_dir,
+        loaded.dataset_statistics,
+        overwrite=cfg.overwrite,
+        weights_dtype=MERGED_DTYPES[cfg.merged_dtype],
+    )
+    print(f"[merge-lora] merged policy ({cfg.merged_dtype}) written to {output}", flush=True)
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ from safetensors.torch import save_file
 
 from prismatic.models.loaders import BASE_VLM_ABSOLUTE, PolicySpec
 from prismatic.models.policy import VLAAdapterPolicy
+from prismatic.models.precision import cast_floating
 from prismatic.models.presets import openvla_config
 from prismatic.models.state_dicts import TIED_LM_HEAD, hf_to_native
 from prismatic.models.tokenizer import BUNDLE_FILES
@@ -26,12 +27,16 @@ from prismatic.util.checkpoint_io import write_manifest
 TOKENIZER_AND_PROCESSOR_FILES = tuple(name for name in BUNDLE_FILES if name != "config.json")
 
 
-def save_vlm_weights(state: dict[str, torch.Tensor], vlm: PrismaticVLM, path: Path) -> None:
+def save_vlm_weights(
+    state: dict[str, torch.Tensor], vlm: PrismaticVLM, path: Path, dtype: torch.dtype | None = None
+) -> None:
     """`model.safetensors` as transformers writes it: contiguous CPU tensors, no LM head tied to the embeddings
     (safetensors forbids aliases), and `{"format": "pt"}` metadata, without which transformers' `from_pretrained`
-    (VLA-Adapter's loader) refuses the file."""
+    (VLA-Adapter's loader) refuses the file. `dtype` casts every floating-point tensor (None: as stored)."""
     if vlm.preset.llm.tie_word_embeddings:
         state = {k: v for k, v in state.items() if k != TIED_LM_HEAD}
+    if dtype is not None:
+        state = cast_floating(state, dtype)
     save_file({k: v.detach().contiguous().cpu() for k, v in state.items()}, str(path), metadata={"format": "pt"})
 
 
@@ -59,11 +64,13 @@ def write_policy_files(
     dataset_statistics: dict[str, Any],
     step: int | None = None,
     merged: bool = True,
+    weights_dtype: torch.dtype | None = None,
 ) -> None:
     """Write a policy into an existing (temporary) `folder`.
 
     `merged=True` writes the full VLM as `model.safetensors` (LoRA folded in, on a copy: the live model keeps its
-    adapters); `merged=False` writes only `lora_adapter/` (peft format) and relies on `spec.base_vlm_path`.
+    adapters) in `weights_dtype` (None: as stored, e.g. a full fine-tune's fp32 masters); `merged=False` writes only
+    `lora_adapter/` (peft format) and relies on `spec.base_vlm_path`.
     """
     bundle = Path(config_bundle_dir)
     config = json.loads((bundle / "config.json").read_text()) if (bundle / "config.json").is_file() else {}
@@ -77,25 +84,26 @@ def write_policy_files(
     vlm = policy.vlm
     if isinstance(vlm, PeftModel):
         if merged:
-            save_vlm_weights(merged_state_dict(vlm), policy.base_vlm, folder / "model.safetensors")
+            save_vlm_weights(merged_state_dict(vlm, weights_dtype), policy.base_vlm, folder / "model.safetensors")
         else:
             if spec.base_vlm_path:  # peft's own loaders read the base from adapter_config.json
                 for adapter_config in vlm.peft_config.values():
                     adapter_config.base_model_name_or_path = str(Path(spec.base_vlm_path).resolve())
             vlm.save_pretrained(str(folder / "lora_adapter"))
     else:
-        save_vlm_weights(vlm.state_dict(), vlm, folder / "model.safetensors")
+        save_vlm_weights(vlm.state_dict(), vlm, folder / "model.safetensors", weights_dtype)
     torch.save(policy.action_head.state_dict(), folder / component_filename("action_head", step))
     if policy.proprio_projector is not None:
         torch.save(policy.proprio_projector.state_dict(), folder / component_filename("proprio_projector", step))
     atomic_write_json(folder / "dataset_statistics.json", dataset_statistics)
 
 
-def merged_state_dict(vlm: PeftModel) -> dict[str, torch.Tensor]:
+def merged_state_dict(vlm: PeftModel, dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
     """HF-named weights of a LoRA-wrapped VLM with the adapters folded in, without touching the live model.
 
-    Only the adapted weights are materialised anew (W + scale * B @ A); everything else is shared, so this costs
-    far less than copying or re-loading the base model.
+    Only the adapted weights are materialised anew (W + scale * B @ A, summed in fp32 and rounded once to `dtype`,
+    by default the base weight's); everything else is shared (or cast to `dtype`), so this costs far less than
+    copying or re-loading the base model.
     """
     base = vlm.get_base_model()
     modules = dict(base.named_modules())
@@ -112,11 +120,11 @@ def merged_state_dict(vlm: PeftModel) -> dict[str, torch.Tensor]:
                 layer = modules[owner]
                 if param == "weight":
                     delta = sum(layer.get_delta_weight(a) for a in layer.active_adapters if a in layer.lora_A)
-                    value = value + delta.to(value.dtype)
+                    value = (value.float() + delta.float()).to(dtype or value.dtype)
                 out[f"{owner}.{param}"] = value
             else:
                 out[key] = value
-    return out
+    return cast_floating(out, dtype) if dtype is not None else out
 
 
 def save_policy(
@@ -128,10 +136,11 @@ def save_policy(
     step: int | None = None,
     merged: bool = True,
     overwrite: bool = False,
+    weights_dtype: torch.dtype | None = None,
 ) -> Path:
     """Write a loadable policy folder atomically, with its manifest (see `write_policy_files`)."""
     with staged_directory(folder, overwrite=overwrite) as tmp:
-        write_policy_files(tmp, policy, spec, config_bundle_dir, dataset_statistics, step, merged)
+        write_policy_files(tmp, policy, spec, config_bundle_dir, dataset_statistics, step, merged, weights_dtype)
         write_manifest(tmp)
     return Path(folder)
 

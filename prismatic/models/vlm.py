@@ -44,6 +44,19 @@ class VLMOutput:
     prompt_mask: torch.Tensor  # (B, S) True on prompt tokens (not patches, queries or padding)
 
 
+def llm_attention_mask(mask: torch.Tensor) -> torch.Tensor | None:
+    """The mask to hand the LLM: None when every row is real tokens followed only by padding (right padding, or none).
+
+    Causal attention alone then gives every real token exactly the context the mask would (a token never sees the
+    padding after it), so the outputs at real positions are the same, and SDPA may take its flash kernel, which an
+    explicit mask rules out. Padding positions see different context, but nothing reads them: the action head and
+    CRaFT's features take patches, prompt tokens and action queries only. Other layouts keep the mask.
+    """
+    if mask.shape[1] < 2 or bool((mask[:, 1:] <= mask[:, :-1]).all()):
+        return None
+    return mask
+
+
 class _StopForwardSignal(Exception):  # noqa: N818 (control flow, not an error)
     """Raised by a hook to end the LLM forward once the needed layer has run."""
 
@@ -140,7 +153,7 @@ class PrismaticVLM(nn.Module):
 
         handles = [layers[i].register_forward_hook(keep) for i in range(last_layer)]
         try:
-            self.language_model.model(inputs_embeds=sequence, attention_mask=mask, use_cache=False)
+            self.language_model.model(inputs_embeds=sequence, attention_mask=llm_attention_mask(mask), use_cache=False)
         except _StopForwardSignal:
             pass
         finally:
@@ -168,7 +181,10 @@ class PrismaticVLM(nn.Module):
             hidden_states = self._run_until(sequence, mask, stop_after_layer)
         else:
             out = self.language_model.model(
-                inputs_embeds=sequence, attention_mask=mask, output_hidden_states=True, use_cache=False
+                inputs_embeds=sequence,
+                attention_mask=llm_attention_mask(mask),
+                output_hidden_states=True,
+                use_cache=False,
             )
             hidden_states = tuple(out.hidden_states)
         num_patches = patches.shape[1]

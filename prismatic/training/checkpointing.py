@@ -40,6 +40,7 @@ from craft import CRaFTStep
 from prismatic.models.loaders import PolicySpec, check_action_queries, load_component
 from prismatic.models.lora import ADAPTER_WEIGHTS
 from prismatic.models.policy import VLAAdapterPolicy
+from prismatic.models.precision import MERGED_DTYPES
 from prismatic.models.savers import component_filename, merged_state_dict, save_vlm_weights, write_policy_files
 from prismatic.models.state_dicts import TIED_LM_HEAD, CheckpointMismatchError, load_state_dict_strict
 from prismatic.training.config import CONFIG_SNAPSHOT, TRAINING_STATE, FinetuneConfig, config_snapshot_text
@@ -271,7 +272,8 @@ class TrainingState:
             folder, policy, self.spec, self.cfg.config_file_path, self.statistics, step=step, merged=not is_lora
         )
         if is_lora and self.cfg.merge_lora_during_training:
-            save_vlm_weights(merged_state_dict(policy.vlm), policy.base_vlm, folder / MERGED_WEIGHTS)
+            merged_dtype = MERGED_DTYPES[self.cfg.merged_dtype]
+            save_vlm_weights(merged_state_dict(policy.vlm, merged_dtype), policy.base_vlm, folder / MERGED_WEIGHTS)
         torch.save({"weight": trained_action_queries(policy).detach().cpu().clone()}, folder / _queries_file(step))
         atomic_write_text(folder / CONFIG_SNAPSHOT, config_snapshot_text(self.cfg))
         cfg = self.cfg

@@ -26,6 +26,7 @@ import yaml
 
 from craft import CRaFTConfig, CRaFTConfigError
 from prismatic.models.loaders import component_step
+from prismatic.models.precision import BASE_PRECISIONS, MERGED_DTYPES
 from prismatic.util.atomic_io import atomic_write_text
 from prismatic.util.checkpoint_io import verify_manifest
 from prismatic.util.cli import UserInputError, check_finite_floats, parse_cli
@@ -62,6 +63,8 @@ class FinetuneConfig:
     lora_rank: int = 64                     # alpha = 2 x rank
     lora_dropout: float = 0.0
     gradient_checkpointing: bool = False    # recompute activations (LLM and ViTs): less memory, more compute
+    base_precision: str = "auto"            # frozen weights: bf16 | fp32 | auto (bf16 on CUDA, fp32 on CPU);
+                                            # trainable weights and optimizer state are always fp32
     vision_weights_dir: Path | None = None  # timm ViT weights when the VLM checkpoint has none
 
     # -- data -----------------------------------------------------------------------------------------------------
@@ -122,6 +125,7 @@ class FinetuneConfig:
     save_latest_checkpoint_only: bool = False  # same as --keep_last_n_checkpoints 1
     keep_last_n_checkpoints: int | None = None  # None: keep all; N: delete older ones, optimizer state in the newest
     merge_lora_during_training: bool = False  # also write merged model.safetensors in each checkpoint (rank 0)
+    merged_dtype: str = "bf16"              # dtype of merged LoRA weights (bf16 like the released checkpoints | fp32)
     resume: bool = False
     resume_step: int | None = None
     resum_vla_path: Path | None = None      # checkpoint folder to resume from (spelled as in the reference)
@@ -231,6 +235,12 @@ class FinetuneConfig:
         for flag, value in (("--weight_decay", self.weight_decay), ("--lr_warmup_steps", self.lr_warmup_steps)):
             if value < 0:
                 raise ValueError(f"{flag} must be >= 0 (got {value})")
+        for flag, value, choices in (
+            ("--base_precision", self.base_precision, ("auto", *BASE_PRECISIONS)),
+            ("--merged_dtype", self.merged_dtype, tuple(MERGED_DTYPES)),
+        ):
+            if value not in choices:
+                raise ValueError(f"{flag} must be one of {', '.join(choices)} (got {value!r})")
         if not 0 <= self.lora_dropout < 1:
             raise ValueError(f"--lora_dropout must be in [0, 1) (got {self.lora_dropout})")
         if self.num_images_in_input not in (1, 2):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 import random
 from collections.abc import Callable
@@ -65,6 +64,15 @@ def all_reduce_mean(values: torch.Tensor, ctx: DistContext) -> torch.Tensor:
     out = values.clone()
     dist.all_reduce(out, op=dist.ReduceOp.SUM)
     return out / ctx.world_size
+
+
+def broadcast_parameters(module: torch.nn.Module, ctx: DistContext) -> None:
+    """Give every rank rank 0's parameters (what DDP does when it wraps a module), for a module used without DDP."""
+    if not ctx.distributed:
+        return
+    with torch.no_grad():
+        for param in module.parameters():
+            dist.broadcast(param.data, src=0)
 
 
 def broadcast_object(obj: Any, ctx: DistContext) -> Any:
@@ -137,10 +145,3 @@ def set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def training_autocast(device: torch.device) -> contextlib.AbstractContextManager[Any]:
-    """bf16 autocast on CUDA (the reference's training precision); full fp32 on CPU."""
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()

@@ -35,6 +35,7 @@ ALWAYS_MUTABLE = frozenset(
         "save_latest_checkpoint_only",
         "keep_last_n_checkpoints",
         "merge_lora_during_training",
+        "merged_dtype",
         "console_log_freq",
         "use_wandb",
         "wandb_project",

@@ -31,6 +31,7 @@ from prismatic.models.batch import PaddedCollatorForActionPrediction, PolicyBatc
 from prismatic.models.loaders import PolicySpec, load_policy, load_prismatic_vlm
 from prismatic.models.lora import LoRASettings, apply_lora
 from prismatic.models.policy import VLAAdapterPolicy
+from prismatic.models.precision import Precision, store_frozen_weights
 from prismatic.models.tokenizer import load_tokenizer
 from prismatic.models.vlm import PrismaticVLM
 from prismatic.training import metrics
@@ -47,11 +48,11 @@ from prismatic.training.distributed import (
     DistContext,
     all_reduce_mean,
     barrier,
+    broadcast_parameters,
     init_distributed,
     on_main,
     seed_everything,
     shutdown_distributed,
-    training_autocast,
 )
 from prismatic.training.metrics import MetricsSinks, init_wandb
 from prismatic.training.resume import check_destination, check_resume, check_warm_start, warm_start_message
@@ -182,7 +183,11 @@ def build_data(
         statistics = dataset.dataset_statistics
         validator = Validator(stream, statistics, tokenizer, cfg.batch_size, cfg.val_time_limit, ctx.device)
     collate = PaddedCollatorForActionPrediction(tokenizer.pad_token_id)
-    batches = iter(DataLoader(dataset, batch_size=cfg.batch_size, num_workers=0, collate_fn=collate))
+    # Pinned host batches on CUDA, so that the non-blocking copy to the GPU really is asynchronous.
+    loader = DataLoader(
+        dataset, batch_size=cfg.batch_size, num_workers=0, collate_fn=collate, pin_memory=ctx.device.type == "cuda"
+    )
+    batches = iter(loader)
     return dataset, batches, validator
 
 
@@ -199,6 +204,45 @@ class Trainee:
     optimizer: torch.optim.Optimizer
     schedule: LRSchedule
     state: TrainingState
+    precision: Precision
+
+
+def make_optimizer(trainable: list[torch.nn.Parameter], cfg: FinetuneConfig) -> torch.optim.AdamW:
+    """AdamW over the fp32 trainable parameters: the fused kernel (one launch for all tensors) where the device has
+    one, the multi-tensor `foreach` implementation otherwise."""
+    device = trainable[0].device
+    fused = device.type in ("cuda", "cpu", "xpu", "mps")
+    return torch.optim.AdamW(
+        trainable,
+        lr=cfg.learning_rate,
+        betas=(0.9, 0.999),
+        eps=1e-8,
+        weight_decay=cfg.weight_decay,
+        fused=fused or None,
+        foreach=None if fused else True,
+    )
+
+
+def wrap_ddp(policy: VLAAdapterPolicy, cfg: FinetuneConfig, ctx: DistContext) -> torch.nn.Module:
+    """The DDP wrapper of a baseline run (see docs/MODEL.md, "DDP"): gradients are views into DDP's buckets (no
+    second copy of them). `static_graph` stays off: DDP's static-graph mode routes the forward's outputs through a
+    sink it cannot rebuild inside the policy's `PolicyOutput`, so the first step's gradients would never be
+    all-reduced (a two-process test caught it), and with every parameter used on every step it has nothing to save.
+    A CRaFT run is not wrapped: its steps compute both gradients with `torch.autograd.grad` and reduce them in one
+    all-reduce of their own, so DDP's buckets would only hold a dead copy of the gradients; its processes start from
+    rank 0's weights."""
+    if not ctx.distributed:
+        return policy
+    if cfg.use_craft:
+        broadcast_parameters(policy, ctx)
+        return policy
+    device_ids = [ctx.local_rank] if ctx.device.type == "cuda" else None
+    return DistributedDataParallel(
+        policy,
+        device_ids=device_ids,
+        find_unused_parameters=False,
+        gradient_as_bucket_view=True,
+    )
 
 
 def build_trainee(
@@ -206,6 +250,7 @@ def build_trainee(
 ) -> Trainee:
     """Identical initialisation on every process, then the checkpoint's state when resuming."""
     seed_everything(cfg.seed)
+    precision = Precision.from_flag(cfg.base_precision, ctx.device)
     policy, spec = build_policy(cfg)
     craft_cfg = cfg.craft_config()
     use_craft_machinery = cfg.use_craft or cfg.craft_measure_freq > 0
@@ -213,25 +258,24 @@ def build_trainee(
         anchor = Anchor(policy.vlm, craft_cfg) if use_craft_machinery else None  # theta_0, before any restore
     except CRaFTConfigError as err:  # e.g. an anchor layer the model does not have
         raise craft_flag_error(err) from err
+    # The VLM's frozen weights (and a full fine-tune's anchor copy) in the run's base precision; trainable ones, and
+    # the action head whole (its unused, frozen `film_gen` included: it is saved with the head), stay fp32.
+    store_frozen_weights(policy.vlm, precision.frozen_dtype)
+    if anchor is not None and anchor.frozen_copy:
+        store_frozen_weights(anchor.vlm, precision.frozen_dtype)
+        anchor.vlm.to(ctx.device)
     if cfg.gradient_checkpointing:
         policy.base_vlm.enable_gradient_checkpointing()
     policy.to(ctx.device).train()
-    if anchor is not None and anchor.frozen_copy:
-        anchor.vlm.to(ctx.device)
     trainable = [p for p in policy.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(
-        trainable, lr=cfg.learning_rate, betas=(0.9, 0.999), eps=1e-8, weight_decay=cfg.weight_decay
-    )
+    optimizer = make_optimizer(trainable, cfg)
     schedule = LRSchedule(cfg.learning_rate, cfg.lr_warmup_steps, cfg.num_steps_before_decay)
     craft_step = CRaFTStep(trainable, craft_cfg, measure_only=not cfg.use_craft) if use_craft_machinery else None
     state = TrainingState(paths, cfg, ctx, policy, spec, optimizer, schedule, craft_step, statistics)
     if info is not None:
         state.restore(info)
-    model: torch.nn.Module = policy
-    if ctx.distributed:
-        device_ids = [ctx.local_rank] if ctx.device.type == "cuda" else None
-        model = DistributedDataParallel(policy, device_ids=device_ids, find_unused_parameters=False)
-    return Trainee(policy, model, trainable, anchor, craft_step, optimizer, schedule, state)
+    model = wrap_ddp(policy, cfg, ctx)
+    return Trainee(policy, model, trainable, anchor, craft_step, optimizer, schedule, state, precision)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -248,9 +292,10 @@ class GradientStepper:
     accum: int
     seed: int
     ctx: DistContext
+    precision: Precision
 
     def autocast(self) -> contextlib.AbstractContextManager[Any]:
-        return training_autocast(self.ctx.device)
+        return self.precision.autocast()
 
 
 @dataclass
@@ -388,8 +433,8 @@ def describe_run(
     return (
         f"run {run_id}: {'CRaFT' if cfg.use_craft else 'baseline'}, {ctx.world_size} process(es) on "
         f"{ctx.device.type}, global batch {cfg.batch_size * ctx.world_size * cfg.grad_accumulation_steps}, "
-        f"{sum(p.numel() for p in trainee.trainable):,} trainable parameters, {transitions:,} transitions"
-        + (f", resuming at step {start_step}" if start_step else "")
+        f"{sum(p.numel() for p in trainee.trainable):,} trainable parameters, {trainee.precision.describe()}, "
+        f"{transitions:,} transitions" + (f", resuming at step {start_step}" if start_step else "")
     )
 
 
@@ -420,6 +465,7 @@ def _train(cfg: FinetuneConfig, ctx: DistContext) -> Path:
         accum=cfg.grad_accumulation_steps,
         seed=cfg.seed,
         ctx=ctx,
+        precision=trainee.precision,
     )
     steps = range(start_step + 1, cfg.max_steps + 1)
     progress = tqdm(steps, initial=start_step, total=cfg.max_steps, disable=not ctx.is_main, desc="finetune")
@@ -432,7 +478,7 @@ def _train(cfg: FinetuneConfig, ctx: DistContext) -> Path:
         record_update(trainee, update, sinks, step)
         row = step_metrics(cfg, ctx, means, grads, update, trainee.state.counters, time.perf_counter() - started)
         if validator is not None and step % cfg.val_freq == 0:
-            row.update(validator.run(trainee.policy, trainee.anchor, stepper.craft_cfg))
+            row.update(validator.run(trainee.policy, trainee.anchor, stepper.craft_cfg, trainee.precision))
         sinks.log(step, row)
         progress.set_postfix(loss=f"{row[metrics.LOSS]:.4f}", refresh=False)
         stop_if_diverging(cfg, trainee.state.counters, update, step, sinks)

@@ -77,12 +77,14 @@ def check_adamw_update(optimizer: torch.optim.Optimizer) -> UpdateCheck:
             state = optimizer.state.get(tensor) or {}
             dtype = torch.float64 if tensor.dtype == torch.float64 else torch.float32
             param, grad = tensor.detach().to(dtype), tensor.grad.detach().to(dtype)
-            step = _float(state.get("step", 0.0)) + 1
+            # The step count as a tensor on the parameter's device: fused and capturable AdamW keep it there, and
+            # reading it with .item() would synchronise with the GPU once per parameter.
+            step = torch.as_tensor(state.get("step", 0.0), dtype=torch.float64).to(param.device) + 1
             first_moment = state["exp_avg"].to(dtype).lerp(grad, 1 - beta1) if state else grad * (1 - beta1)
             second_moment = state["exp_avg_sq"].to(dtype) * beta2 if state else torch.zeros_like(grad)
             second_moment.addcmul_(grad, grad, value=1 - beta2)
-            denom = second_moment.sqrt_().div_(math.sqrt(1 - beta2**step)).add_(eps)
-            delta = first_moment.div_(denom).mul_(-lr / (1 - beta1**step)).sub_(param, alpha=lr * wd)
+            denom = second_moment.sqrt_().div_((1 - beta2**step).sqrt().to(dtype)).add_(eps)
+            delta = first_moment.div_(denom).mul_((-lr / (1 - beta1**step)).to(dtype)).sub_(param, alpha=lr * wd)
             norms = torch.stack(
                 [
                     torch.linalg.vector_norm(delta),

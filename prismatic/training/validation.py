@@ -21,8 +21,8 @@ from craft import CRaFTConfig, extract_features, linear_cka, retention_loss
 from prismatic.models.anchor import Anchor, retention_features, token_masks
 from prismatic.models.batch import PaddedCollatorForActionPrediction, PolicyBatch, RLDSBatchTransform
 from prismatic.models.policy import VLAAdapterPolicy
+from prismatic.models.precision import Precision
 from prismatic.models.vlm import VLMOutput
-from prismatic.training.distributed import training_autocast
 from prismatic.training.metrics import VALIDATION_PREFIX
 from prismatic.vla.datasets import RLDSDataset
 from prismatic.vla.datasets.rlds.stream import StreamConfig
@@ -68,7 +68,9 @@ class Validator:
         self.time_limit_s = time_limit_s
         self.device = device
 
-    def run(self, policy: VLAAdapterPolicy, anchor: Anchor | None, craft_cfg: CRaFTConfig) -> dict[str, float]:
+    def run(
+        self, policy: VLAAdapterPolicy, anchor: Anchor | None, craft_cfg: CRaFTConfig, precision: Precision
+    ) -> dict[str, float]:
         """Mean L1 (all, current, next actions) and, with an anchor, the retention loss and CKA, over the frames read in
         time.
 
@@ -78,13 +80,13 @@ class Validator:
         was_training = policy.training
         policy.eval()
         sums = {VAL_L1: 0.0, VAL_CURRENT_L1: 0.0, VAL_NEXT_L1: 0.0, VAL_RETENTION: 0.0}
-        drift = _DriftFeatures(anchor, craft_cfg) if anchor is not None else None
+        drift = _DriftFeatures(anchor, craft_cfg, precision) if anchor is not None else None
         seen = 0
         try:
             with torch.no_grad():
                 for cpu_batch in self.loader:
                     batch = cpu_batch.to(self.device)
-                    with training_autocast(self.device):
+                    with precision.autocast():
                         out = policy(batch)
                     errors = (out.actions.float() - batch.actions).abs()
                     size = len(batch)
@@ -114,8 +116,8 @@ class _DriftFeatures:
     """The retention loss of each validation batch, and the pooled features of the policy and the anchor kept for
     CKA over all the frames read (n x hidden size per part: small)."""
 
-    def __init__(self, anchor: Anchor, craft_cfg: CRaFTConfig) -> None:
-        self.anchor, self.craft_cfg = anchor, craft_cfg
+    def __init__(self, anchor: Anchor, craft_cfg: CRaFTConfig, precision: Precision) -> None:
+        self.anchor, self.craft_cfg, self.precision = anchor, craft_cfg, precision
         parts = {"concat": ("raw_only", "aq_only"), "raw_only": ("raw_only",), "aq_only": ("aq_only",)}
         self.parts = parts[craft_cfg.anchor_type]
         self.policy_parts: dict[str, list[torch.Tensor]] = {part: [] for part in self.parts}
@@ -133,7 +135,7 @@ class _DriftFeatures:
 
     def add(self, out: VLMOutput, batch: PolicyBatch) -> float:
         """Record one batch; returns its retention loss."""
-        with training_autocast(out.attention_mask.device):
+        with self.precision.autocast():
             anchor_out = self.anchor.forward(batch)
         features = retention_features(out, self.craft_cfg, self.anchor.num_layers)
         anchor_features = retention_features(anchor_out, self.craft_cfg, self.anchor.num_layers)
