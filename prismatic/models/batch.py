@@ -45,6 +45,14 @@ class PolicyBatch:
         }
         return replace(self, **moved)
 
+    def pin_memory(self) -> PolicyBatch:
+        """The batch in page-locked host memory (what `DataLoader(pin_memory=True)` calls), so that
+        `.to(cuda, non_blocking=True)` really overlaps the copy with compute."""
+        pinned = {
+            f.name: value.pin_memory() for f in fields(self) if isinstance(value := getattr(self, f.name), torch.Tensor)
+        }
+        return replace(self, **pinned)
+
     def head(self, count: int) -> PolicyBatch:
         """The first `count` samples."""
         kept = {

@@ -52,6 +52,8 @@ def llm_attention_mask(mask: torch.Tensor) -> torch.Tensor | None:
     explicit mask rules out. Padding positions see different context, but nothing reads them: the action head and
     CRaFT's features take patches, prompt tokens and action queries only. Other layouts keep the mask.
     """
+    if mask.is_meta:  # a shape-only forward (the memory model) cannot read the mask; it runs unpadded batches
+        return None
     if mask.shape[1] < 2 or bool((mask[:, 1:] <= mask[:, :-1]).all()):
         return None
     return mask
@@ -112,7 +114,7 @@ class PrismaticVLM(nn.Module):
     def query_positions(query_mask: torch.Tensor) -> torch.Tensor:
         """(B, T) bool with exactly 64 True per row -> (B, 64) sorted positions."""
         counts = query_mask.sum(dim=1)
-        if not torch.all(counts == NUM_ACTION_QUERIES):
+        if not query_mask.is_meta and not torch.all(counts == NUM_ACTION_QUERIES):  # meta: shapes only, unchecked
             raise ValueError(
                 f"every sample needs exactly {NUM_ACTION_QUERIES} action-query positions, got {counts.tolist()}"
             )

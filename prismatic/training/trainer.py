@@ -246,12 +246,18 @@ def wrap_ddp(policy: VLAAdapterPolicy, cfg: FinetuneConfig, ctx: DistContext) ->
 
 
 def build_trainee(
-    cfg: FinetuneConfig, ctx: DistContext, paths: RunPaths, statistics: dict[str, Any], info: CheckpointInfo | None
+    cfg: FinetuneConfig,
+    ctx: DistContext,
+    paths: RunPaths,
+    statistics: dict[str, Any],
+    info: CheckpointInfo | None,
+    built: tuple[VLAAdapterPolicy, PolicySpec] | None = None,
 ) -> Trainee:
-    """Identical initialisation on every process, then the checkpoint's state when resuming."""
+    """Identical initialisation on every process, then the checkpoint's state when resuming. `built`: a policy made
+    elsewhere (e.g. the GPU check's random full-size one) instead of the one `cfg` describes."""
     seed_everything(cfg.seed)
     precision = Precision.from_flag(cfg.base_precision, ctx.device)
-    policy, spec = build_policy(cfg)
+    policy, spec = built if built is not None else build_policy(cfg)
     craft_cfg = cfg.craft_config()
     use_craft_machinery = cfg.use_craft or cfg.craft_measure_freq > 0
     try:

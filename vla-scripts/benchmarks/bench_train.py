@@ -2,6 +2,8 @@
 
     python vla-scripts/benchmarks/bench_train.py
     python vla-scripts/benchmarks/bench_train.py --configs '[tiny]' --steps 40
+    python vla-scripts/benchmarks/bench_train.py --configs '[mid]' --methods '[baseline]' \
+        --base_precisions '[fp32,bf16]'
 
 Runs real short fine-tunes (LoRA, 2 cameras, augmentation, baseline and CRaFT) of the tiny and the mid-size VLM on
 the synthetic LIBERO-Spatial data, each in its own process; the mid-size VLM folder is generated once under
@@ -9,6 +11,7 @@ the synthetic LIBERO-Spatial data, each in its own process; the mid-size VLM fol
 set of the training process.
 """
 
+import itertools
 import json
 import subprocess
 import sys
@@ -24,6 +27,7 @@ REPO = Path(__file__).resolve().parents[2]
 class BenchTrainConfig:
     configs: list[str] = field(default_factory=lambda: ["tiny", "mid"])
     methods: list[str] = field(default_factory=lambda: ["baseline", "craft"])
+    base_precisions: list[str] = field(default_factory=lambda: ["auto"])  # --base_precision of each run
     data_root_dir: Path = REPO / "data/synthetic_libero"
     steps: int = 20  # tiny; mid runs steps // 4
     batch_size: int = 4
@@ -65,9 +69,9 @@ def main(cfg: BenchTrainConfig) -> None:
     for name in cfg.configs:
         vlm_dir, bundle = assets(name)
         steps = cfg.steps if name == "tiny" else max(cfg.skip_first + 2, cfg.steps // 4)
-        for method in cfg.methods:
+        for method, precision in itertools.product(cfg.methods, cfg.base_precisions):
             runs = REPO / ".cache/bench/runs"
-            run_id = f"bench-{name}-{method}"
+            run_id = f"bench-{name}-{method}-{precision}"
             subprocess.run(["rm", "-rf", str(runs / run_id), *map(str, runs.glob(f"{run_id}--*"))], check=True)
             args = [
                 sys.executable,
@@ -98,6 +102,8 @@ def main(cfg: BenchTrainConfig) -> None:
                 str(method == "craft"),
                 "--shuffle_buffer_size",
                 "5000",
+                "--base_precision",
+                precision,
             ]
             proc = subprocess.run(args, capture_output=True, text=True, check=False)
             if proc.returncode != 0:
@@ -109,6 +115,7 @@ def main(cfg: BenchTrainConfig) -> None:
                 {
                     "config": name,
                     "method": method,
+                    "base_precision": precision,
                     "steps_timed": len(timed),
                     "global_batch": cfg.batch_size * cfg.grad_accumulation_steps,
                     "steps_per_s": round(samples_per_s / (cfg.batch_size * cfg.grad_accumulation_steps), 3),
