@@ -309,6 +309,27 @@ def test_errored_episodes_make_the_command_fail(tmp_path: Path, tiny_checkpoint:
     assert last.startswith("error: 1 episode(s) errored") and "simulated physics failure" in last
     saved = json.loads((tmp_path / "results" / RESULTS_FILE).read_text())
     assert saved["total"] == {"trials": 0, "successes": 0, "success_rate": None, "errors": 1}
+    assert "0/0 = n/a (1 errored)" in proc.stdout  # no episode played to the end: no rate, never "0.0%"
+    assert "TOTAL libero_spatial: 0/0 = n/a" in (tmp_path / "results" / "eval.log").read_text()
+
+
+@pytest.mark.parametrize(
+    ("factory", "message"),
+    [
+        ("no_such_module:Factory", "--env_factory no_such_module:Factory: cannot import 'no_such_module'"),
+        ("helpers.fake_libero:NoSuchFactory", "module 'helpers.fake_libero' has no attribute 'NoSuchFactory'"),
+        ("helpers.fake_libero", "--env_factory must look like 'module:attribute'"),
+    ],
+)
+def test_a_wrong_env_factory_stops_before_the_model_loads(
+    factory: str, message: str, tmp_path: Path, tiny_checkpoint: Path
+) -> None:
+    command = eval_command(tiny_checkpoint, tmp_path / "results", "FakeLiberoFactory", "--num_workers", "0")
+    command[command.index("--env_factory") + 1] = factory
+    proc = run_python(command, env=EVAL_ENV)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert proc.stderr.strip().splitlines()[-1].startswith("error: ") and message in proc.stderr
+    assert "Traceback" not in proc.stderr and not (tmp_path / "results").exists()
 
 
 def test_in_process_mode_renders_before_tensorflow_with_the_chosen_backend(

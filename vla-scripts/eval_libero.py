@@ -66,6 +66,7 @@ def main(cfg: EvalLiberoConfig) -> None:
         apply_render_backend,
         initial_states_file,
         read_initial_states,
+        resolve_factory,
     )
 
     if cfg.render_backend not in RENDER_BACKENDS:
@@ -79,7 +80,7 @@ def main(cfg: EvalLiberoConfig) -> None:
 
     from prismatic.eval.policy_adapter import ChunkPolicy
     from prismatic.eval.protocol import Protocol, statistics_key, suite_of
-    from prismatic.eval.runner import EvalInterrupted, EvalSettings, evaluate
+    from prismatic.eval.runner import EvalInterrupted, EvalSettings, evaluate, format_rate
     from prismatic.models.inference import ActionPredictor
     from prismatic.models.loaders import inspect_policy_folder, load_inspected_policy, read_dataset_statistics
     from prismatic.models.tokenizer import load_tokenizer
@@ -104,6 +105,7 @@ def main(cfg: EvalLiberoConfig) -> None:
     if cfg.use_film:
         raise ValueError("--use_film True (FiLM conditioning) is not implemented: use --use_film False")
     wandb_settings = resolve_wandb_settings(cfg.wandb_mode, cfg.wandb_project, cfg.wandb_entity, "vla-eval")
+    resolve_factory(cfg.env_factory)  # a wrong --env_factory stops the run now, not after the model has loaded
     factory_kwargs = {}
     if cfg.env_factory.endswith(":LiberoEnvFactory"):
         from prismatic.eval.libero_env import configure_libero
@@ -175,7 +177,7 @@ def main(cfg: EvalLiberoConfig) -> None:
         raise SystemExit(interrupted.exit_code) from None
     total = results["total"]
     print(
-        f"[eval] {suite}: {total['successes']}/{total['trials']} = {(total['success_rate'] or 0):.1%} "
+        f"[eval] {suite}: {total['successes']}/{total['trials']} = {format_rate(total['success_rate'])} "
         f"({total['errors']} errored) -> {settings.results_dir / 'eval_results.json'}",
         flush=True,
     )

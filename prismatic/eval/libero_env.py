@@ -203,10 +203,25 @@ def select_initial_states(
     return states
 
 
+def resolve_factory(path: str) -> Any:
+    """The class or object an `--env_factory` "module:attribute" names, imported (not instantiated), with a one-line
+    error naming the flag when the module or the attribute cannot be found."""
+    module_name, _, attribute = path.partition(":")
+    if not module_name or not attribute:
+        raise ValueError(f"--env_factory must look like 'module:attribute' (got {path!r})")
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as err:
+        raise ValueError(
+            f"--env_factory {path}: cannot import {module_name!r} ({err}); the module must be importable from the "
+            "working directory or PYTHONPATH"
+        ) from err
+    if not hasattr(module, attribute):
+        raise ValueError(f"--env_factory {path}: module {module_name!r} has no attribute {attribute!r}")
+    return getattr(module, attribute)
+
+
 def load_factory(path: str, kwargs: dict[str, Any] | None = None) -> Any:
     """Instantiate an environment factory from "module:attribute" (a class or a ready object)."""
-    module_name, _, attribute = path.partition(":")
-    if not attribute:
-        raise ValueError(f"--env_factory must look like 'module:attribute' (got {path!r})")
-    target = getattr(importlib.import_module(module_name), attribute)
+    target = resolve_factory(path)
     return target(**(kwargs or {})) if isinstance(target, type) else target

@@ -109,6 +109,11 @@ def timeout_error(seconds: float) -> str:
     return f"episode timed out after {seconds:g} s"
 
 
+def format_rate(rate: float | None) -> str:
+    """A success rate for people: "n/a" when no episode was played to the end (all errored), never "0.0%"."""
+    return "n/a" if rate is None else f"{rate:.1%}"
+
+
 def read_finished(path: Path) -> dict[tuple[int, int], dict[str, Any]]:
     """Episodes already played to the end (a truncated last line from a crash is ignored). An episode that errored
     (environment or policy failure) is not finished: the next run plays it again."""
@@ -670,10 +675,10 @@ def evaluate(settings: EvalSettings, policy: BatchedPolicy) -> dict[str, Any]:
             skipped_note = f", {task['skipped']} skipped (failed expert demo)" if task["skipped"] else ""
             log_file.write(
                 f"task {task_id} ({task['description']}): {task['successes']}/{task['trials']} = "
-                f"{(task['success_rate'] or 0):.1%}{skipped_note}\n"
+                f"{format_rate(task['success_rate'])}{skipped_note}\n"
             )
         log_file.write(
             f"TOTAL {results['suite']}: {results['total']['successes']}/{results['total']['trials']} = "
-            f"{(results['total']['success_rate'] or 0):.1%}\n"
+            f"{format_rate(results['total']['success_rate'])}\n"
         )
     return results
