@@ -6,6 +6,7 @@ the dual variable and the optimizer step that combines them. It knows nothing ab
 
 from __future__ import annotations
 
+from craft.cheap import AnchorFeatureCache, retention_subset
 from craft.config import ANCHOR_TYPES, CR_TOKEN_MODES, CRaFTConfig, CRaFTConfigError
 from craft.dual import DualVariable
 from craft.features import (
@@ -28,6 +29,7 @@ __all__ = [
     "CR_TOKEN_MODES",
     "DEFAULT_PROJECTION_DELTA",
     "AccumulatedTotals",
+    "AnchorFeatureCache",
     "CRaFTConfig",
     "CRaFTConfigError",
     "CRaFTStep",
@@ -45,4 +47,5 @@ __all__ = [
     "project_conflicting",
     "resolve_layer_index",
     "retention_loss",
+    "retention_subset",
 ]

@@ -51,6 +51,12 @@ class CRaFTConfig:
     """delta in g_act - <g_act, g_ret> / (||g_ret||^2 + delta) * g_ret; guards a zero g_ret."""
     initial_lambda: float = 0.0
     """lambda at the first step when the dual update is enabled."""
+    retention_fraction: float = 1.0
+    """Fraction of each micro-batch whose retention loss and gradient are computed, in their own forward (an unbiased
+    estimate, see `craft.cheap.retention_subset`); 1.0 = exact: the whole micro-batch, from the shared forward."""
+    cache_anchor_features: bool = False
+    """Compute each sample's anchor features once and reuse them (exact; only valid when a sample's inputs never
+    change between draws, i.e. without data augmentation; see `craft.cheap.AnchorFeatureCache`)."""
 
     def __post_init__(self) -> None:
         _require_number("retention_budget", self.retention_budget, minimum=0.0, inclusive=False)
@@ -61,7 +67,10 @@ class CRaFTConfig:
         check_choice("anchor_type", self.anchor_type, ANCHOR_TYPES)
         check_choice("cr_token_mode", self.cr_token_mode, CR_TOKEN_MODES)
         check_layer_index(self.anchor_layer_idx)
-        for name in ("enable_projection", "enable_dual"):
+        _require_number("retention_fraction", self.retention_fraction, minimum=0.0, inclusive=False)
+        if self.retention_fraction > 1.0:
+            raise CRaFTConfigError("retention_fraction", f"must be <= 1 (got {self.retention_fraction})")
+        for name in ("enable_projection", "enable_dual", "cache_anchor_features"):
             if not isinstance(getattr(self, name), bool):
                 raise CRaFTConfigError(name, f"must be a boolean (got {getattr(self, name)!r})")
 

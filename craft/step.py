@@ -35,7 +35,7 @@ retention loss's non-finite flag once per micro-batch to decide whether to run t
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -109,13 +109,18 @@ class CRaFTStep:
         """The lambda the next `finish` will use."""
         return self.dual.value
 
-    def accumulate(self, act_loss: torch.Tensor, retention: RetentionResult) -> bool:
+    def accumulate(self, act_loss: torch.Tensor, retention: RetentionResult | Callable[[], RetentionResult]) -> bool:
         """Add one micro-batch: g_act always, g_ret only if L_ret is finite. Returns whether g_ret was used.
 
-        Both losses are the micro-batch's own losses (not divided by the number of micro-batches). The action
-        backward retains the graph so the retention backward can reuse the shared forward.
+        Both losses are the micro-batch's own losses (not divided by the number of micro-batches). A `RetentionResult`
+        comes from the same forward as `act_loss`: the action backward retains the graph so the retention backward
+        can reuse it. A callable computes the retention loss in a forward of its own (e.g. on a subset of the
+        micro-batch): it is called after the action backward, whose graph is then already freed.
         """
-        act_grads = self._grads(act_loss, retain_graph=True)
+        shared = not callable(retention)
+        act_grads = self._grads(act_loss, retain_graph=shared)
+        if callable(retention):
+            retention = retention()
         retention_finite = not bool(retention.nonfinite)  # the one host sync per micro-batch
         if retention_finite:
             ret_grads = self._grads(retention.loss, retain_graph=False)

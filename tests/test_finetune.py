@@ -140,18 +140,24 @@ def trained_state(ckpt: Path) -> dict[str, torch.Tensor]:
     return out
 
 
-@pytest.mark.parametrize("base_precision", ["fp32", "bf16"])
+@pytest.mark.parametrize(
+    ("base_precision", "cheap"),
+    [("fp32", {}), ("bf16", {}), ("fp32", {"craft_retention_fraction": 0.5})],
+    ids=["fp32", "bf16", "retention_fraction"],
+)
 def test_resume_continues_exactly(
-    base_precision: str, tmp_path: Path, tiny_assets: tuple[Path, Path], tiny_libero: Path
+    base_precision: str, cheap: dict[str, float], tmp_path: Path, tiny_assets: tuple[Path, Path], tiny_libero: Path
 ) -> None:
     """Resuming at step 2 crosses the end of the warmup (step 3) and the decay boundary (step 4): every logged value,
     every trained tensor and the optimizer state equal those of the uninterrupted run, with fp32 or bf16 frozen
-    weights (the trained tensors and the optimizer state are fp32 either way)."""
+    weights (the trained tensors and the optimizer state are fp32 either way), and with L_ret from random subsets
+    (`--craft_retention_fraction`: the subsets are seeded by step, so a resumed run draws the same ones)."""
     args = tiny_args(
         tiny_assets,
         tiny_libero,
         tmp_path / "a",
         base_precision=base_precision,
+        **cheap,
         use_craft=True,
         craft_retention_budget=0.001,
         craft_dual_lr=5.0,
@@ -402,6 +408,15 @@ def test_bad_inputs_fail_early_with_the_flag(tmp_path: Path, tiny_assets: tuple[
         ({"resume": True}, ValueError, "--resum_vla_path"),
         ({"resume": True, "resum_vla_path": tmp_path / "nope"}, FileNotFoundError, "--resum_vla_path"),
         ({"data_sharding": "frames"}, ValueError, "--data_sharding"),
+        ({"craft_retention_fraction": 0.0}, ValueError, "--craft_retention_fraction must be > 0"),
+        ({"craft_retention_fraction": 2.0}, ValueError, "--craft_retention_fraction must be <= 1"),
+        (
+            {"craft_cache_anchor_features": True},
+            ValueError,
+            "--craft_cache_anchor_features True needs --image_aug False",
+        ),
+        ({"base_precision": "fp16"}, ValueError, "--base_precision must be one of auto, bf16, fp32"),
+        ({"merged_dtype": "int8"}, ValueError, "--merged_dtype must be one of bf16, fp32"),
     ]
     for overrides, error, message in cases:
         with pytest.raises(error, match=re.escape(message)):
@@ -585,3 +600,46 @@ def test_wandb_offline_logs_the_guide_keys(
     logged = history[0].read_bytes()  # the offline run log (protobuf records) holds the metric names
     for key in (metrics.LOSS, metrics.CURR_L1, metrics.RET, metrics.LAMBDA, metrics.CONFLICT, metrics.LR):
         assert key.encode() in logged, key
+
+
+def test_cached_anchor_features_change_nothing_but_the_cost(
+    tmp_path: Path, tiny_assets: tuple[Path, Path], tiny_libero: Path
+) -> None:
+    """`--craft_cache_anchor_features True` (exact): the same losses, lambda and weights as computing f~ every time."""
+    common = tiny_args(
+        tiny_assets,
+        tiny_libero,
+        tmp_path,
+        use_craft=True,
+        craft_retention_budget=0.001,
+        craft_dual_lr=5.0,
+        image_aug=False,
+        max_steps=3,
+        save_freq=3,
+    )
+    train(FinetuneConfig(**{**common, "run_id_override": "cached", "craft_cache_anchor_features": True}))
+    train(FinetuneConfig(**{**common, "run_id_override": "computed"}))
+    rows_cached, rows_computed = read_metrics(tmp_path / "cached"), read_metrics(tmp_path / "computed")
+    for rc, rf in zip(rows_cached, rows_computed, strict=True):
+        for key in (metrics.LOSS, metrics.RET, metrics.LAMBDA_AFTER, metrics.GRAD_NORM, metrics.CONFLICT):
+            assert rc[key] == pytest.approx(rf[key], rel=1e-6, abs=1e-9), (rc["step"], key)
+    cached, computed = trained_state(tmp_path / "cached--3_chkpt"), trained_state(tmp_path / "computed--3_chkpt")
+    for key in computed:
+        torch.testing.assert_close(cached[key], computed[key], atol=1e-6, rtol=1e-6, msg=key)
+
+
+def test_the_anchor_cache_returns_what_the_anchor_computes(tiny_assets: tuple[Path, Path]) -> None:
+    from prismatic.models.anchor import Anchor
+    from prismatic.models.batch import random_batch
+    from prismatic.models.loaders import load_prismatic_vlm
+    from prismatic.models.lora import LoRASettings, apply_lora
+
+    vlm = apply_lora(load_prismatic_vlm(tiny_assets[0], num_images=2), LoRASettings(rank=4))
+    cached = Anchor(vlm, CRaFTConfig(cache_anchor_features=True))
+    plain = Anchor(vlm, CRaFTConfig())
+    batch = random_batch(4, generator=torch.Generator().manual_seed(0))
+    first = cached.features(batch)
+    again = cached.features(batch.select([2, 0]))  # the same frames, reordered: all hits
+    assert (cached.cache.hits, cached.cache.misses) == (2, 4)
+    torch.testing.assert_close(first, plain.features(batch), atol=1e-6, rtol=1e-5)
+    assert torch.equal(again, first[[2, 0]])

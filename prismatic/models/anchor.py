@@ -5,7 +5,8 @@ training and by offline evaluation).
   frozen original of `modules_to_save`): no weight copy, no weight swapping.
 * With full fine-tuning the anchor is a frozen copy of the initial VLM (one more VLM in memory: ~5 GB in fp32 /
   2.5 GB in bf16 at full size).
-The anchor forward runs without gradients and stops at the deepest layer the chosen features need.
+The anchor forward runs without gradients and stops at the deepest layer the chosen features need. Without image
+augmentation a frame's f~ never changes, so `--craft_cache_anchor_features True` computes it once per frame.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import torch
 from peft import PeftModel
 from torch import nn
 
-from craft import CRaFTConfig, TokenMasks, deepest_hidden_state_index, extract_features
+from craft import AnchorFeatureCache, CRaFTConfig, TokenMasks, deepest_hidden_state_index, extract_features
 from prismatic.models.batch import PolicyBatch
 from prismatic.models.vlm import PrismaticVLM, VLMOutput
 
@@ -44,10 +45,12 @@ def retention_features(out: VLMOutput, config: CRaFTConfig, num_layers: int) -> 
 
 
 class Anchor:
-    """Computes the anchor features f~ of the initial model on the same inputs as the training forward."""
+    """Computes the anchor features f~ of the initial model on the same inputs as the training forward; with
+    `config.cache_anchor_features`, each frame's f~ once (by its (dataset, episode, frame) key)."""
 
     def __init__(self, vlm: nn.Module, config: CRaFTConfig) -> None:
         self.config = config
+        self.cache = AnchorFeatureCache() if config.cache_anchor_features else None
         if isinstance(vlm, PeftModel):
             self.vlm: nn.Module = vlm
             self.frozen_copy = False
@@ -73,6 +76,14 @@ class Anchor:
             return self.vlm(**inputs)
 
     @torch.no_grad()
-    def features(self, batch: PolicyBatch) -> torch.Tensor:
-        """f~ of the initial model on `batch` (the anchor forward stops at the deepest layer the features need)."""
-        return retention_features(self.forward(batch), self.config, self.num_layers)
+    def features(self, batch: PolicyBatch, use_cache: bool = True) -> torch.Tensor:
+        """f~ of the initial model on `batch` (the anchor forward stops at the deepest layer the features need),
+        from the cache for frames already seen when caching is on."""
+        if self.cache is None or not use_cache:
+            return retention_features(self.forward(batch), self.config, self.num_layers)
+        device = batch.input_ids.device
+        return self.cache.features(
+            batch.frame_keys(),
+            lambda rows: retention_features(self.forward(batch.select(rows)), self.config, self.num_layers),
+            device,
+        )

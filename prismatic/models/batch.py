@@ -33,6 +33,9 @@ class PolicyBatch:
     actions: torch.Tensor | None = None  # (B, chunk, A) normalised targets
     sample_index: torch.Tensor | None = None  # (B,) position of each sample in its stream
     dataset_names: list[str] = field(default_factory=list)
+    # (B, 2) episode and frame index of each sample: which frame it is (the anchor-feature cache's key); kept on the
+    # host by `to`, so that reading it never waits for the GPU
+    frame_ids: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return self.input_ids.shape[0]
@@ -41,9 +44,29 @@ class PolicyBatch:
         moved = {
             f.name: value.to(device, non_blocking=non_blocking)
             for f in fields(self)
-            if isinstance(value := getattr(self, f.name), torch.Tensor)
+            if isinstance(value := getattr(self, f.name), torch.Tensor) and f.name != "frame_ids"
         }
         return replace(self, **moved)
+
+    def select(self, rows: torch.Tensor | list[int]) -> PolicyBatch:
+        """The samples at `rows` (positions in this batch), in that order."""
+        positions = rows.tolist() if isinstance(rows, torch.Tensor) else list(rows)
+        picked: dict[str, object] = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, torch.Tensor):
+                picked[f.name] = value[torch.as_tensor(positions, device=value.device)]
+            elif isinstance(value, list) and value:
+                picked[f.name] = [value[position] for position in positions]
+        return replace(self, **picked)
+
+    def frame_keys(self) -> list[tuple[str, int, int]]:
+        """(dataset, episode, frame) of every sample: what makes two samples the same frame."""
+        if self.frame_ids is None:
+            raise ValueError("this batch does not say which frames it holds (no frame_ids)")
+        names = self.dataset_names or [""] * len(self)
+        ids = self.frame_ids.tolist()
+        return [(name, int(episode), int(frame)) for name, (episode, frame) in zip(names, ids, strict=True)]
 
     def pin_memory(self) -> PolicyBatch:
         """The batch in page-locked host memory (what `DataLoader(pin_memory=True)` calls), so that
@@ -134,6 +157,7 @@ class PaddedCollatorForActionPrediction:
             actions=torch.from_numpy(np.stack([s["actions"] for s in samples]).astype(np.float32)),
             sample_index=torch.tensor([s["sample_index"] for s in samples], dtype=torch.long),
             dataset_names=[s["dataset_name"] for s in samples],
+            frame_ids=torch.tensor([[s["episode_index"], s["frame_index"]] for s in samples], dtype=torch.long),
         )
 
 
@@ -150,4 +174,5 @@ def random_batch(
         torch.randn(batch_size, 6 * num_images, 224, 224, generator=generator),
         proprio=torch.randn(batch_size, robot.proprio_dim, generator=generator),
         actions=torch.rand(batch_size, robot.action_chunk, robot.action_dim, generator=generator) * 2 - 1,
+        frame_ids=torch.stack([torch.zeros(batch_size, dtype=torch.long), torch.arange(batch_size)], dim=1),
     )

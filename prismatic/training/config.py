@@ -107,6 +107,10 @@ class FinetuneConfig:
     craft_anchor_layer_idx: int | None = CRAFT_DEFAULTS.anchor_layer_idx  # None = middle layer; negative = from end
     craft_cr_token_mode: str = CRAFT_DEFAULTS.cr_token_mode           # vision_only | vision_plus_prompt
     craft_projection_delta: float = CRAFT_DEFAULTS.projection_delta
+    # cheaper, opt-in: L_ret from this fraction of each micro-batch (unbiased; 1.0 = exact), and each frame's anchor
+    # features computed once (exact; needs --image_aug False)
+    craft_retention_fraction: float = CRAFT_DEFAULTS.retention_fraction
+    craft_cache_anchor_features: bool = CRAFT_DEFAULTS.cache_anchor_features
     craft_measure_freq: int = 0             # baseline runs: measure CRaFT diagnostics every N steps (0 = never)
 
     # -- logging --------------------------------------------------------------------------------------------------
@@ -245,6 +249,11 @@ class FinetuneConfig:
             raise ValueError(f"--lora_dropout must be in [0, 1) (got {self.lora_dropout})")
         if self.num_images_in_input not in (1, 2):
             raise ValueError(f"--num_images_in_input must be 1 or 2 for LIBERO (got {self.num_images_in_input})")
+        if self.craft_cache_anchor_features and self.image_aug:
+            raise ValueError(
+                "--craft_cache_anchor_features True needs --image_aug False: with augmentation a frame's images "
+                "differ every time it is drawn, so its anchor features cannot be reused"
+            )
         if self.craft_measure_freq < 0:
             raise ValueError(f"--craft_measure_freq must be >= 0 (got {self.craft_measure_freq})")
         if self.save_latest_checkpoint_only and self.keep_last_n_checkpoints not in (None, 1):

@@ -13,6 +13,7 @@ shards and statistics) so that a mistake costs seconds, not a model load. What a
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import time
 from collections.abc import Iterator
@@ -25,7 +26,15 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from craft import CRaFTConfig, CRaFTConfigError, CRaFTStep, CRaFTStepStats, retention_loss
+from craft import (
+    CRaFTConfig,
+    CRaFTConfigError,
+    CRaFTStep,
+    CRaFTStepStats,
+    RetentionResult,
+    retention_loss,
+    retention_subset,
+)
 from prismatic.models.anchor import Anchor, retention_features
 from prismatic.models.batch import PaddedCollatorForActionPrediction, PolicyBatch, RLDSBatchTransform
 from prismatic.models.loaders import PolicySpec, load_policy, load_prismatic_vlm
@@ -33,7 +42,7 @@ from prismatic.models.lora import LoRASettings, apply_lora
 from prismatic.models.policy import VLAAdapterPolicy
 from prismatic.models.precision import Precision, store_frozen_weights
 from prismatic.models.tokenizer import load_tokenizer
-from prismatic.models.vlm import PrismaticVLM
+from prismatic.models.vlm import PrismaticVLM, VLMOutput
 from prismatic.training import metrics
 from prismatic.training.checkpointing import (
     CheckpointInfo,
@@ -303,6 +312,34 @@ class GradientStepper:
     def autocast(self) -> contextlib.AbstractContextManager[Any]:
         return self.precision.autocast()
 
+    def retention(self, out: VLMOutput, batch: PolicyBatch) -> RetentionResult:
+        """L_ret of a forward's features against the anchor's on the same samples (call under `autocast`)."""
+        assert self.anchor is not None
+        features = retention_features(out, self.craft_cfg, self.anchor.num_layers)
+        return retention_loss(features, self.anchor.features(batch))
+
+    def subset_rng(self, step: int, micro: int) -> torch.Generator:
+        """Which samples `--craft_retention_fraction` keeps: seeded by seed, step, micro-batch and rank, so a resumed
+        run draws the same subsets and the processes draw independent ones."""
+        return torch.Generator().manual_seed(noise_seed(self.seed + self.ctx.rank, step, micro))
+
+
+def subset_retention(stepper: GradientStepper, part: PolicyBatch) -> RetentionResult:
+    """`--craft_retention_fraction`: L_ret of a subset of the micro-batch in its own forward of the VLM (no action
+    head; stopped at the deepest layer the features need), run after the action backward has freed its graph."""
+    assert stepper.anchor is not None
+    vlm = unwrap_policy(stepper.model).vlm
+    with stepper.autocast():
+        out = vlm(**part.vlm_inputs(), stop_after_layer=stepper.anchor.deepest)
+        return stepper.retention(out, part)
+
+
+def unwrap_policy(model: torch.nn.Module) -> VLAAdapterPolicy:
+    """The policy inside a DDP wrapper (or `model` itself)."""
+    inner = model.module if isinstance(model, DistributedDataParallel) else model
+    assert isinstance(inner, VLAAdapterPolicy)
+    return inner
+
 
 @dataclass
 class StepGradients:
@@ -333,11 +370,14 @@ def compute_gradients(
             loss = errors.mean()
             losses += torch.stack([loss.detach(), errors[:, 0].mean().detach(), errors[:, 1:].mean().detach()])
             if measure:
-                assert stepper.anchor is not None and stepper.craft_step is not None
-                with stepper.autocast():
-                    features = retention_features(out.vlm, stepper.craft_cfg, stepper.anchor.num_layers)
-                    anchor_features = stepper.anchor.features(batch)
-                stepper.craft_step.accumulate(loss, retention_loss(features, anchor_features))
+                assert stepper.craft_step is not None
+                fraction = stepper.craft_cfg.retention_fraction
+                if fraction < 1.0:  # L_ret from a random subset, in its own forward after the action backward
+                    part = batch.select(retention_subset(len(batch), fraction, stepper.subset_rng(step, micro)))
+                    stepper.craft_step.accumulate(loss, functools.partial(subset_retention, stepper, part))
+                else:
+                    with stepper.autocast():
+                        stepper.craft_step.accumulate(loss, stepper.retention(out.vlm, batch))
             else:
                 (loss / stepper.accum).backward()
     stats = stepper.craft_step.finish(sync=ctx.distributed) if measure and stepper.craft_step is not None else None
