@@ -254,3 +254,21 @@ def test_cli_writes_a_suite_and_reports_it(tmp_path: Path) -> None:
     assert again.returncode == 0 and "up to date" in again.stdout
     bad = run_python([script, "--data_root_dir", str(tmp_path), "--episodes_per_task", "0"])
     assert bad.returncode == 2 and "--episodes_per_task" in bad.stderr
+
+
+def test_a_task_subset_holds_the_same_episodes_as_the_full_suite(
+    tmp_path: Path, spatial_episodes: list[dict[str, Any]]
+) -> None:
+    """`task_ids` (e.g. tasks held out of training): only those tasks, each episode identical to the full suite's."""
+    spec = SyntheticSuiteSpec(SPATIAL, episodes_per_task=2, seed=0, task_ids=[8, 9])
+    write_synthetic_suite(tmp_path, spec, num_workers=1)
+    subset = read_episodes(tmp_path / SPATIAL)
+    wanted = {SUITES[SPATIAL][task].instruction.encode() for task in (8, 9)}
+    assert len(subset) == 4 and {ep["steps"]["language_instruction"][0] for ep in subset} == wanted
+    full = [ep["steps"]["action"] for ep in spatial_episodes]
+    for episode in subset:
+        actions = episode["steps"]["action"]
+        assert any(twin.shape == actions.shape and np.array_equal(twin, actions) for twin in full)
+    assert json.loads((tmp_path / SPATIAL / "1.0.0" / "metadata.json").read_text())["task_ids"] == [8, 9]
+    with pytest.raises(ValueError, match="has tasks 0..9"):
+        write_synthetic_suite(tmp_path / "bad", SyntheticSuiteSpec(SPATIAL, 1, 0, task_ids=[10]))

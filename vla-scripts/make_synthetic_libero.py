@@ -1,6 +1,8 @@
 """Generate synthetic LIBERO RLDS datasets offline (the stand-in for `openvla/modified_libero_rlds`).
 
     python vla-scripts/make_synthetic_libero.py --data_root_dir data/libero --episodes_per_task 5 --seed 0
+    python vla-scripts/make_synthetic_libero.py --data_root_dir data/unseen --suites "[libero_spatial_no_noops]" \
+        --task_ids "[8,9]"
 
 Writes `libero_spatial_no_noops`, `libero_object_no_noops`, `libero_goal_no_noops` and `libero_10_no_noops` (or the
 `--suites` given) under `--data_root_dir`, in the exact LIBERO RLDS feature layout. Re-running with the same flags
@@ -24,6 +26,7 @@ class MakeSyntheticLiberoConfig:
     suites: list[str] = field(default_factory=lambda: list(SUITES))  # which of the four suites to write
     num_workers: int = 2  # rendering processes (1 = render in this process)
     jpeg_quality: int = 95
+    task_ids: list[int] | None = None  # only these tasks of each suite (0..9; None: all), e.g. for unseen-task tests
     overwrite: bool = False  # replace existing datasets written with other flags
 
     def validate(self) -> None:
@@ -34,6 +37,8 @@ class MakeSyntheticLiberoConfig:
             raise ValueError(f"--episodes_per_task must be >= 1 (got {self.episodes_per_task})")
         if self.num_workers < 1:
             raise ValueError(f"--num_workers must be >= 1 (got {self.num_workers})")
+        if self.task_ids is not None and (not self.task_ids or not all(0 <= task <= 9 for task in self.task_ids)):
+            raise ValueError(f"--task_ids must be a non-empty list of task indices 0..9 (got {self.task_ids})")
         if not 1 <= self.jpeg_quality <= 100:
             raise ValueError(f"--jpeg_quality must be in 1..100 (got {self.jpeg_quality})")
 
@@ -42,7 +47,8 @@ class MakeSyntheticLiberoConfig:
 def main(cfg: MakeSyntheticLiberoConfig) -> None:
     cfg.validate()
     for name in cfg.suites:
-        spec = SyntheticSuiteSpec(name, cfg.episodes_per_task, cfg.seed, cfg.jpeg_quality)
+        tasks = sorted(set(cfg.task_ids)) if cfg.task_ids is not None else None
+        spec = SyntheticSuiteSpec(name, cfg.episodes_per_task, cfg.seed, cfg.jpeg_quality, task_ids=tasks)
         start = time.perf_counter()
         folder, built = write_synthetic_suite(cfg.data_root_dir, spec, cfg.num_workers, cfg.overwrite)
         summary = read_summary(folder)

@@ -38,13 +38,27 @@ class SyntheticSuiteSpec:
     seed: int
     jpeg_quality: int = 95
     generator_version: int = GENERATOR_VERSION
+    task_ids: list[int] | None = None  # a subset of the suite's tasks (None: all); e.g. tasks held out of training
+
+    def tasks(self) -> list[int]:
+        return list(range(len(SUITES[self.dataset_name]))) if self.task_ids is None else list(self.task_ids)
 
     def requests(self) -> list[EpisodeRequest]:
+        """Every episode; an episode's content depends on its task and index only, not on which other tasks the
+        dataset holds."""
         return [
             EpisodeRequest(self.dataset_name, task, episode, self.seed, self.jpeg_quality)
-            for task in range(len(SUITES[self.dataset_name]))
+            for task in self.tasks()
             for episode in range(self.episodes_per_task)
         ]
+
+    def to_dict(self) -> dict[str, Any]:
+        """The spec as recorded in `metadata.json` (`task_ids` only when set, so that full-suite datasets written
+        before it existed still match)."""
+        spec = asdict(self)
+        if self.task_ids is None:
+            del spec["task_ids"]
+        return spec
 
 
 def libero_features() -> Any:
@@ -134,7 +148,7 @@ def _builder_class(spec: SyntheticSuiteSpec, num_workers: int) -> type:
                     "from two cameras, in the LIBERO RLDS format."
                 ),
                 features=libero_features(),
-                metadata=tfds.core.MetadataDict(asdict(spec)),
+                metadata=tfds.core.MetadataDict(spec.to_dict()),
             )
 
         def _split_generators(self, dl_manager: Any) -> dict[str, Any]:
@@ -183,14 +197,17 @@ def write_synthetic_suite(
         raise ValueError(f"unknown suite {spec.dataset_name!r}; choose from {sorted(SUITES)}")
     if spec.episodes_per_task < 1:
         raise ValueError(f"episodes_per_task must be >= 1, got {spec.episodes_per_task}")
+    count = len(SUITES[spec.dataset_name])
+    if spec.task_ids is not None and (not spec.task_ids or not all(0 <= task < count for task in spec.task_ids)):
+        raise ValueError(f"task_ids {spec.task_ids}: {spec.dataset_name} has tasks 0..{count - 1}")
     data_root = Path(data_root)
     final = data_root / spec.dataset_name
     if final.exists():
-        if read_spec(final) == asdict(spec) and (final / DATASET_VERSION / "dataset_info.json").is_file():
+        if read_spec(final) == spec.to_dict() and (final / DATASET_VERSION / "dataset_info.json").is_file():
             return final, False
         if not overwrite:
             raise FileExistsError(
-                f"{final} exists and was not written with this spec ({asdict(spec)}); pass --overwrite True to "
+                f"{final} exists and was not written with this spec ({spec.to_dict()}); pass --overwrite True to "
                 "replace it (or choose another --data_root_dir)"
             )
     data_root.mkdir(parents=True, exist_ok=True)
