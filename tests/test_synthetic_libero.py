@@ -270,5 +270,5 @@ def test_a_task_subset_holds_the_same_episodes_as_the_full_suite(
         actions = episode["steps"]["action"]
         assert any(twin.shape == actions.shape and np.array_equal(twin, actions) for twin in full)
     assert json.loads((tmp_path / SPATIAL / "1.0.0" / "metadata.json").read_text())["task_ids"] == [8, 9]
-    with pytest.raises(ValueError, match="has tasks 0..9"):
+    with pytest.raises(ValueError, match=r"has tasks 0\.\.9"):
         write_synthetic_suite(tmp_path / "bad", SyntheticSuiteSpec(SPATIAL, 1, 0, task_ids=[10]))

@@ -236,8 +236,10 @@ def measure_activations(policy: nn.Module, batch: PolicyBatch, autocast: bool, k
         patches.enter_context(_patched(vlm_module, "llm_attention_mask", lambda mask: mask))
     if batch.input_ids.is_meta:  # transformers reads position ids to detect packed sequences: none here
         patches.enter_context(_patched(transformers.masking_utils, "find_packed_sequence_indices", lambda ids: None))
-        # and whether an explicit mask may be skipped: never, for the reference (its batches are padded)
-        patches.enter_context(_patched(transformers.masking_utils, "_ignore_causal_mask_sdpa", lambda *a, **k: False))
+        # and whether the mask may be skipped, by reading it: the reference's batches are padded, so never; ours are
+        # unpadded here (or right-padded, and the mask never reaches transformers), so always, as on real tensors
+        skip = not keep_mask
+        patches.enter_context(_patched(transformers.masking_utils, "_ignore_causal_mask_sdpa", lambda *a, **k: skip))
     try:
         with patches, _GPUTrainingEmulation(autocast), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
             out = policy(batch)
