@@ -186,14 +186,18 @@ def load_component(path: Path) -> dict[str, torch.Tensor]:
     return strip_prefix(state)
 
 
-def check_action_queries(path: Path, queries: torch.Tensor) -> None:
-    """A checkpoint's `action_queries--*_checkpoint.pt` must equal the queries inside its VLM weights."""
+def check_action_queries(path: Path, queries: torch.Tensor) -> torch.Tensor:
+    """A checkpoint's `action_queries--*_checkpoint.pt` (the fp32 master) must equal the queries inside its VLM
+    weights, exactly or once rounded to bf16 (merged weights are written in bf16 by default); returns the master."""
     saved = load_component(path).get("weight")
-    if saved is None or not torch.equal(saved, queries.detach().cpu()):
-        raise CheckpointFileError(
-            f"{path} disagrees with the action queries in the checkpoint's VLM weights: the folder mixes files of "
-            "different checkpoints; use another one"
-        )
+    held = queries.detach().cpu()
+    same = saved is not None and saved.shape == held.shape
+    if same and (torch.equal(saved, held) or torch.equal(saved.to(torch.bfloat16).to(held.dtype), held)):
+        return saved
+    raise CheckpointFileError(
+        f"{path} disagrees with the action queries in the checkpoint's VLM weights: the folder mixes files of "
+        "different checkpoints; use another one"
+    )
 
 
 def read_dataset_statistics(folder: Path) -> dict[str, Any]:
@@ -291,7 +295,9 @@ def load_inspected_policy(found: PolicyFolder) -> LoadedPolicy:
     vlm = _load_vlm_for_policy(found)
     queries_path = find_component(found.folder, "action_queries")
     if queries_path is not None:  # this project's checkpoints: the trained queries also stand alone
-        check_action_queries(queries_path, vlm.action_queries.weight)
+        master = check_action_queries(queries_path, vlm.action_queries.weight)
+        with torch.no_grad():  # the fp32 master, rather than the bf16 copy inside merged weights
+            vlm.action_queries.weight.copy_(master)
     policy = VLAAdapterPolicy(vlm, spec.robot, use_pro_version=spec.use_pro_version, use_proprio=spec.use_proprio)
     load_state_dict_strict(policy.action_head, load_component(found.head_path), str(found.head_path))
     if found.proprio_path is not None:
