@@ -6,6 +6,8 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
+from safetensors.torch import save_file
 
 from prismatic.util.atomic_io import atomic_write_json, atomic_write_text, staged_directory
 
@@ -63,7 +65,10 @@ def test_written_files_get_the_usual_permissions(tmp_path: Path) -> None:
         path = atomic_write_text(tmp_path / "f.txt", "x")
         with staged_directory(tmp_path / "d") as tmp:
             (tmp / "a").write_text("1")
+            (tmp / "sub").mkdir()
+            save_file({"w": torch.zeros(2)}, str(tmp / "sub" / "w.safetensors"))  # safetensors writes 0600
     finally:
         os.umask(mask)
     assert path.stat().st_mode & 0o777 == 0o644
     assert (tmp_path / "d").stat().st_mode & 0o777 == 0o755
+    assert (tmp_path / "d" / "sub" / "w.safetensors").stat().st_mode & 0o777 == 0o644

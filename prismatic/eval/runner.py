@@ -651,7 +651,9 @@ def evaluate(settings: EvalSettings, policy: BatchedPolicy) -> dict[str, Any]:
         log.write(row)
         rows.append(row)
         progress.update(1)
-        progress.set_postfix(success=f"{sum(r['success'] for r in rows) / len(rows):.1%}", refresh=False)
+        played = [r for r in rows if not r.get("error")]  # errored episodes are neither successes nor failures
+        rate = sum(r["success"] for r in played) / len(played) if played else None
+        progress.set_postfix(success=format_rate(rate), errors=len(rows) - len(played), refresh=False)
 
     try:
         with _stop_on_signals():

@@ -65,6 +65,10 @@ def staged_directory(final_dir: str | Path, overwrite: bool = False) -> Iterator
     os.chmod(tmp_dir, 0o777 & ~_umask())  # mkdtemp creates 0700; the final folder gets the usual permissions
     try:
         yield tmp_dir
+        usual = 0o666 & ~_umask()
+        for file in tmp_dir.rglob("*"):  # safetensors writes its files 0600: give every file the usual permissions
+            if file.is_file() and not file.is_symlink():
+                os.chmod(file, usual)
         if final_dir.exists():
             old = final_dir.with_name(f".{final_dir.name}.old-{os.getpid()}")
             os.replace(final_dir, old)
