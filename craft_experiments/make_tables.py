@@ -8,6 +8,8 @@ mean +- std over seeds and the number of seeds found (missing cells are marked a
 loss against the budget, lambda, conflict ratio (baseline vs CRaFT), action loss, and success rates per suite.
 The training recipes of the sweeps (`craft_experiments/recipes/<recipe>/<suite>.env`) are cited: Table 1's success
 rates get the published row each recipe reproduces, and `recipes.md` lists the recipes with their sources.
+A run root of the forgetting / few-shot study (`04_forgetting_fewshot/run_study.py`, with its `study_plan.json`)
+gets that study's tables and plots (`forgetting_study.py`).
 """
 
 import json
@@ -377,9 +379,19 @@ def plot_curves(runs: list[Run], out_dir: Path, default_budget: float) -> list[P
 @cli_entry
 def main(cfg: MakeTablesConfig) -> None:
     runs = load_runs(cfg.run_root)
-    if not runs:
-        raise SystemExit(f"no table1-/table2-/table4- runs under {cfg.run_root}")
     out_dir = cfg.out_dir if cfg.out_dir is not None else cfg.run_root / "results"
+    if (cfg.run_root / "study_plan.json").is_file():  # the forgetting / few-shot study (04_forgetting_fewshot)
+        from forgetting_study import write_study_results
+
+        written = write_study_results(cfg.run_root, out_dir)
+        for path in written:
+            if path.suffix == ".md":
+                print(path.read_text())
+        print(f"study: {len(written)} files in {out_dir}")
+        if not runs:
+            return
+    if not runs:
+        raise SystemExit(f"no table1-/table2-/table4- runs (or a study) under {cfg.run_root}")
     out_dir.mkdir(parents=True, exist_ok=True)
     recipes = load_recipes(cfg.recipe)
     tables = build_tables(runs, recipes=recipes)
