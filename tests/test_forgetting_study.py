@@ -75,7 +75,7 @@ def test_smoke_study_runs_end_to_end_and_reruns_without_training(tmp_path: Path)
     main_table = (results / "study_main.md").read_text()
     for row in ("Baseline, all episodes", "CRaFT, all episodes", "Baseline, 5-shot", "CRaFT, 5-shot"):
         assert row in main_table
-    assert "(1/1)" in main_table  # one seed in the smoke study, and the tables say so
+    assert "± 0.0000 (1)" in main_table  # one seed in the smoke study, and the tables say so
     summary = json.loads((results / "study_summary.json").read_text())
     assert set(summary["craft_minus_baseline"]) == {"full", "5shot"}
     assert (results / "study_forgetting.png").stat().st_size > 10_000
