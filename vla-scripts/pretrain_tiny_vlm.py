@@ -11,13 +11,13 @@ the flags, the held-out accuracies before and after training with chance levels,
 held-out set (`prismatic.training.vl_pretrain.heldout_set_from_record`).
 """
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from prismatic.assets.tiny_vlm import DEFAULT_TINY_BUNDLE_DIR
 from prismatic.synthetic.vl_questions import DEFAULT_FAMILIES, FAMILIES
 from prismatic.training.vl_pretrain import VLTrainConfig, pretrain_vl
-from prismatic.util.cli import cli_entry
+from prismatic.util.cli import cli_entry, flag_values
 
 DEFAULT_VL_VLM_DIR = Path("pretrained_models/prism-qwen25-tiny-dinosiglip-224px-vl")
 
@@ -62,7 +62,7 @@ def main(cfg: PretrainTinyVLMConfig) -> None:
         weight_decay=cfg.weight_decay,
         seed=cfg.seed,
     )
-    settings = {key: str(value) if isinstance(value, Path) else value for key, value in asdict(cfg).items()}
+    settings = flag_values(cfg)
     record = pretrain_vl(
         cfg.vlm_dir,
         cfg.bundle_dir,

@@ -38,7 +38,7 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
 sys.path.insert(0, str(HERE.parent))  # craft_experiments/, for forgetting_study
 
-from prismatic.util.cli import cli_entry  # noqa: E402 (after the path setup, like the sweeps' helpers)
+from prismatic.util.cli import cli_entry, flag_values  # noqa: E402 (after the path setup, like the sweeps' helpers)
 
 DATASET = "libero_spatial_no_noops"
 TRAIN_TASKS = list(range(8))
@@ -239,7 +239,7 @@ def make_plan(cfg: StudyConfig) -> dict[str, Any]:
     """Everything fixed before any result: read back if it exists (and must then be unchanged), else derived from a
     pilot baseline's retention drift and written first."""
     plan_file = cfg.run_root / "study_plan.json"
-    settings = {key: str(value) if isinstance(value, Path) else value for key, value in asdict(cfg).items()}
+    settings = flag_values(cfg)
     if plan_file.is_file():
         plan = json.loads(plan_file.read_text())
         if plan["settings"] != settings:

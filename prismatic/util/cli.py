@@ -103,3 +103,8 @@ def cli_entry(fn: Callable[[Config], Result]) -> Callable[[], Result]:
         return fn(parse_cli(config_class, sys.argv[1:]))
 
     return wrapper
+
+
+def flag_values(cfg: Any) -> dict[str, Any]:
+    """A parsed config as JSON-ready flag values (paths as strings), e.g. to record what a run was asked for."""
+    return {key: str(value) if isinstance(value, Path) else value for key, value in dataclasses.asdict(cfg).items()}
