@@ -6,7 +6,7 @@ the dual variable and the optimizer step that combines them. It knows nothing ab
 
 from __future__ import annotations
 
-from craft.cheap import AnchorFeatureCache, retention_subset
+from craft.cheap import AnchorFeatureCache, constraint_is_slack, retention_subset
 from craft.config import ANCHOR_TYPES, CR_TOKEN_MODES, CRaFTConfig, CRaFTConfigError
 from craft.dual import DualVariable
 from craft.features import (
@@ -39,6 +39,7 @@ __all__ = [
     "ProjectionResult",
     "RetentionResult",
     "TokenMasks",
+    "constraint_is_slack",
     "deepest_hidden_state_index",
     "distributed_world_size",
     "extract_features",

@@ -7,6 +7,13 @@
 * `AnchorFeatureCache`: f~ = features of the frozen initial model, a pure function of the sample. When a sample's
   inputs are the same every time it is drawn (no image augmentation), f~ computed once is f~ forever, so later
   epochs skip the anchor forward. Exact, not an approximation; it only spends host memory.
+* `constraint_is_slack`: while lambda = 0 and L_ret sits well inside the budget, the constraint L_ret <= epsilon is
+  inactive, and the constrained problem is locally the unconstrained one (KKT: an inactive constraint has a zero
+  multiplier and adds nothing to the stationarity condition). The retention gradient then only feeds the projection,
+  so such a step drops it: one backward instead of two. L_ret is still measured every step (from the shared forward),
+  so the dual update, the logs and the decision for the next step stay exact; as soon as L_ret nears the budget
+  (or lambda > 0) every step is exact CRaFT again. What changes is the path inside the budget: exact CRaFT projects
+  on every step and so usually stays far below epsilon; this mode lets the drift grow towards `margin x epsilon`.
 """
 
 from __future__ import annotations
@@ -23,6 +30,15 @@ def retention_subset(batch_size: int, fraction: float, generator: torch.Generato
         raise ValueError(f"the retention fraction must be in (0, 1] (got {fraction})")
     count = min(batch_size, max(1, round(fraction * batch_size)))
     return torch.randperm(batch_size, generator=generator)[:count].sort().values
+
+
+def constraint_is_slack(lambda_value: float, last_retention: float | None, budget: float, margin: float) -> bool:
+    """Whether a step may skip the retention gradient: margin > 0, lambda = 0 and the previous step's measured L_ret
+    at most margin x budget. Decided from values every rank shares (lambda, the all-reduced L_ret), so all ranks skip
+    together; with no previous measurement (first step, or a checkpoint without one) the step is exact."""
+    if margin <= 0.0 or lambda_value != 0.0 or last_retention is None or not math.isfinite(last_retention):
+        return False
+    return last_retention <= margin * budget
 
 
 class AnchorFeatureCache:

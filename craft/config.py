@@ -57,6 +57,9 @@ class CRaFTConfig:
     cache_anchor_features: bool = False
     """Compute each sample's anchor features once and reuse them (exact; only valid when a sample's inputs never
     change between draws, i.e. without data augmentation; see `craft.cheap.AnchorFeatureCache`)."""
+    slack_margin: float = 0.0
+    """Skip the retention gradient (and so the projection) on a step whose constraint is slack: lambda = 0 and the
+    previous step's L_ret <= slack_margin x epsilon (see `craft.cheap.constraint_is_slack`); 0 = never skip (exact)."""
 
     def __post_init__(self) -> None:
         _require_number("retention_budget", self.retention_budget, minimum=0.0, inclusive=False)
@@ -70,6 +73,9 @@ class CRaFTConfig:
         _require_number("retention_fraction", self.retention_fraction, minimum=0.0, inclusive=False)
         if self.retention_fraction > 1.0:
             raise CRaFTConfigError("retention_fraction", f"must be <= 1 (got {self.retention_fraction})")
+        _require_number("slack_margin", self.slack_margin, minimum=0.0)
+        if self.slack_margin > 1.0:
+            raise CRaFTConfigError("slack_margin", f"must be <= 1 (got {self.slack_margin})")
         for name in ("enable_projection", "enable_dual", "cache_anchor_features"):
             if not isinstance(getattr(self, name), bool):
                 raise CRaFTConfigError(name, f"must be a boolean (got {getattr(self, name)!r})")

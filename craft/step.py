@@ -27,6 +27,8 @@ Semantics:
 - Dual update: `finish` reports lambda <- max(0, lambda + eta * (mean L_ret - epsilon)) (none when every micro-batch
   was non-finite) and `commit` applies it; a caller that skips the optimizer step does not commit, so lambda stays.
 - Measure-only (baseline runs): the same diagnostics, but `.grad` = g_act (unprojected) and lambda is untouched.
+- Slack steps (`slack_margin > 0`, see `craft.cheap.constraint_is_slack`): when lambda = 0 and the previous step's
+  L_ret was at most margin x epsilon, `accumulate` measures L_ret without its backward; `.grad` = g_act, unprojected.
 
 `finish` synchronises with the host once (one transfer of a small vector of totals); `accumulate` reads the
 retention loss's non-finite flag once per micro-batch to decide whether to run the retention backward.
@@ -34,6 +36,7 @@ retention loss's non-finite flag once per micro-batch to decide whether to run t
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
@@ -42,6 +45,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from craft.cheap import constraint_is_slack
 from craft.config import CRaFTConfig
 from craft.dual import DualVariable
 from craft.gradients import GradientAccumulator
@@ -50,6 +54,7 @@ from craft.retention import RetentionResult
 
 _RETENTION_LOSS_SUM = "retention_loss_sum"
 _RETENTION_NONFINITE = "retention_nonfinite_count"
+_RETENTION_MEASURED = "retention_measured_count"
 
 
 @dataclass(frozen=True)
@@ -74,6 +79,8 @@ class CRaFTStepStats:
     """L2 norm of the averaged g_ret."""
     num_microbatches: int
     """Micro-batches in this step, over all ranks when synced."""
+    retention_gradient: bool = True
+    """Whether g_ret was computed (False on a slack step of `slack_margin` mode: L_ret measured only)."""
 
 
 class CRaFTStep:
@@ -100,8 +107,12 @@ class CRaFTStep:
         self.dual = DualVariable.from_config(config)
         self.num_steps = 0
         self._proposed_retention: float | None = None  # the mean L_ret of a finished, not yet committed step
+        self.last_retention: float | None = None  # the last finished step's mean L_ret (for the slack decision)
+        self._step_is_slack: bool | None = None  # decided at the step's first micro-batch
         self._accumulator = GradientAccumulator(
-            self.params, scalar_names=(_RETENTION_LOSS_SUM, _RETENTION_NONFINITE), dtype=accumulate_dtype
+            self.params,
+            scalar_names=(_RETENTION_LOSS_SUM, _RETENTION_NONFINITE, _RETENTION_MEASURED),
+            dtype=accumulate_dtype,
         )
 
     @property
@@ -109,22 +120,34 @@ class CRaFTStep:
         """The lambda the next `finish` will use."""
         return self.dual.value
 
+    @property
+    def slack(self) -> bool:
+        """Whether the coming (or current) optimizer step skips the retention gradient (`slack_margin` mode)."""
+        if self._step_is_slack is None:
+            return not self.measure_only and constraint_is_slack(
+                self.dual.value, self.last_retention, self.config.retention_budget, self.config.slack_margin
+            )
+        return self._step_is_slack
+
     def accumulate(self, act_loss: torch.Tensor, retention: RetentionResult | Callable[[], RetentionResult]) -> bool:
-        """Add one micro-batch: g_act always, g_ret only if L_ret is finite. Returns whether g_ret was used.
+        """Add one micro-batch: g_act always, g_ret only if L_ret is finite (and the step is not slack). Returns
+        whether g_ret was used.
 
         Both losses are the micro-batch's own losses (not divided by the number of micro-batches). A `RetentionResult`
         comes from the same forward as `act_loss`: the action backward retains the graph so the retention backward
         can reuse it. A callable computes the retention loss in a forward of its own (e.g. on a subset of the
         micro-batch): it is called after the action backward, whose graph is then already freed.
         """
-        shared = not callable(retention)
-        act_grads = self._grads(act_loss, retain_graph=shared)
+        slack = self._step_is_slack = self.slack
+        act_grads = self._grads(act_loss, retain_graph=not callable(retention) and not slack)
         if callable(retention):
-            retention = retention()
+            with torch.no_grad() if slack else contextlib.nullcontext():
+                retention = retention()
         retention_finite = not bool(retention.nonfinite)  # the one host sync per micro-batch
         if retention_finite:
-            ret_grads = self._grads(retention.loss, retain_graph=False)
+            ret_grads = None if slack else self._grads(retention.loss, retain_graph=False)
             self._accumulator.add_scalar(_RETENTION_LOSS_SUM, retention.loss)
+            self._accumulator.add_scalar(_RETENTION_MEASURED, 1.0)
         else:
             ret_grads = None
             self._accumulator.add_scalar(_RETENTION_NONFINITE, 1.0)
@@ -149,7 +172,7 @@ class CRaFTStep:
         scalars = torch.stack(
             [
                 totals.scalars[_RETENTION_LOSS_SUM],
-                totals.ret_count,
+                totals.scalars[_RETENTION_MEASURED],
                 totals.scalars[_RETENTION_NONFINITE],
                 totals.act_count,
                 projection.num_conflicting.to(acc.dtype),
@@ -159,12 +182,12 @@ class CRaFTStep:
             ]
         )
         summary = torch.cat([scalars, totals.has_act.to(acc.dtype), totals.has_ret.to(acc.dtype)]).tolist()
-        ret_sum, ret_count, nonfinite, act_count, num_conflicting, num_both, act_norm, ret_norm = summary[:8]
+        ret_sum, ret_measured, nonfinite, act_count, num_conflicting, num_both, act_norm, ret_norm = summary[:8]
         num_params = acc.num_params
         has_act = [flag > 0 for flag in summary[8 : 8 + num_params]]
         has_ret = [flag > 0 for flag in summary[8 + num_params : 8 + 2 * num_params]]
 
-        mean_ret = ret_sum / ret_count if ret_count > 0 else math.nan
+        mean_ret = ret_sum / ret_measured if ret_measured > 0 else math.nan
         lambda_before = lambda_after = self.dual.value
         self._proposed_retention = None
         if not self.measure_only and math.isfinite(mean_ret):
@@ -173,6 +196,10 @@ class CRaFTStep:
         self._write_grads(has_act, has_ret, lambda_before)
         acc.reset()
         self.num_steps += 1
+        retention_gradient = not self._step_is_slack
+        self._step_is_slack = None
+        if math.isfinite(mean_ret):
+            self.last_retention = mean_ret
         return CRaFTStepStats(
             retention_loss=mean_ret,
             retention_nonfinite=1.0 if nonfinite > 0 else 0.0,
@@ -184,6 +211,7 @@ class CRaFTStep:
             act_grad_norm=act_norm,
             ret_grad_norm=ret_norm,
             num_microbatches=round(act_count),
+            retention_gradient=retention_gradient,
         )
 
     def commit(self) -> None:
@@ -196,12 +224,19 @@ class CRaFTStep:
         """lambda and the step count; taken between optimizer steps (pending micro-batches cannot be resumed)."""
         if self._accumulator.num_microbatches or self._accumulator.num_retention_microbatches:
             raise RuntimeError("state_dict() in the middle of an optimizer step: call finish() first")
-        return {"dual": self.dual.state_dict(), "num_steps": self.num_steps, "config": asdict(self.config)}
+        return {
+            "dual": self.dual.state_dict(),
+            "num_steps": self.num_steps,
+            "last_retention": self.last_retention,
+            "config": asdict(self.config),
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore lambda and the step count (the config comes from the constructor, so flags may change on resume)."""
         self.dual.load_state_dict(state["dual"])
         self.num_steps = int(state["num_steps"])
+        last = state.get("last_retention")  # absent in checkpoints written before `slack_margin` existed
+        self.last_retention = None if last is None else float(last)
 
     def _grads(self, loss: torch.Tensor, *, retain_graph: bool) -> Sequence[torch.Tensor | None]:
         """d loss / d params, None for parameters the loss does not reach (all None if it reaches none)."""

@@ -17,7 +17,7 @@ from typing import Any
 
 from make_tables import MISSING, Table, cell
 
-from prismatic.training.metrics import read_metrics
+from prismatic.training.metrics import RET_GRAD_STEP, read_metrics
 
 NAME = re.compile(r"^study-(?P<method>.+)-(?P<regime>full|\d+shot)-seed(?P<seed>\d+)$")
 LABELS = {
@@ -30,7 +30,9 @@ LABELS = {
     "craft_f0.25": "CRaFT, retention fraction 0.25",
     "craft_cache": "CRaFT, cached anchor features",
     "craft_cache_f0.25": "CRaFT, cache + fraction 0.25",
+    "craft_cache_slack0.5": "CRaFT, cache + slack margin 0.5",
 }
+CHEAP_METHODS = ("craft_f0.25", "craft_cache", "craft_cache_f0.25", "craft_cache_slack0.5")
 REGIME_LABELS = {"full": "all episodes", "10shot": "10-shot", "5shot": "5-shot"}
 
 
@@ -163,11 +165,7 @@ def study_tables(runs: list[StudyRun], plan: dict[str, Any], pretrained: dict[st
     tables["study_main"] = Table("Forgetting and few-shot: baseline vs CRaFT", header, body, notes)
     for key, methods, title in (
         ("study_ablations", ["baseline", "craft", "no_projection", "no_dual", "aq_only", "raw_only"], "Ablations"),
-        (
-            "study_cheap_modes",
-            ["baseline", "craft", "craft_f0.25", "craft_cache", "craft_cache_f0.25"],
-            "Cheaper modes",
-        ),
+        ("study_cheap_modes", ["baseline", "craft", *CHEAP_METHODS], "Cheaper modes"),
     ):
         rows = []
         for method in methods:
@@ -175,8 +173,32 @@ def study_tables(runs: list[StudyRun], plan: dict[str, Any], pretrained: dict[st
             rows.append(
                 _row(LABELS[method], members, budget, seeds) if members else [LABELS[method], *[MISSING] * len(METRICS)]
             )
-        tables[key] = Table(f"{title} (all episodes)", header, rows, notes[-2:])
+        extra = retention_gradient_notes(runs, methods) if key == "study_cheap_modes" else []
+        tables[key] = Table(f"{title} (all episodes)", header, rows, [*notes[-2:], *extra])
     return tables
+
+
+def retention_gradient_share(run: StudyRun) -> float | None:
+    """Fraction of a run's steps that computed the retention gradient (below 1 only in a slack mode)."""
+    flags = [row[RET_GRAD_STEP] for row in run.rows if RET_GRAD_STEP in row]
+    return sum(flags) / len(flags) if flags else None
+
+
+def retention_gradient_notes(runs: list[StudyRun], methods: list[str]) -> list[str]:
+    """What a slack mode saved: its share of steps that still computed g_ret (the rest cost about a baseline step)."""
+    lines = []
+    for method in methods:
+        shares = [
+            share
+            for run in runs
+            if run.method == method and run.regime == "full" and (share := retention_gradient_share(run)) is not None
+        ]
+        if shares and min(shares) < 1.0:
+            lines.append(
+                f"{LABELS[method]}: {100 * statistics.fmean(shares):.0f} % of steps computed the retention gradient "
+                f"(per seed: {', '.join(f'{100 * share:.0f} %' for share in shares)})"
+            )
+    return lines
 
 
 def paired_differences(runs: list[StudyRun], method: str, budget: float) -> dict[str, dict[str, Any]]:
@@ -283,8 +305,7 @@ def write_study_results(root: Path, out: Path) -> list[Path]:
         "runs": len(runs),
         "craft_minus_baseline": paired_differences(runs, "craft", plan["retention_budget"]),
         "cheap_minus_baseline": {
-            method: paired_differences(runs, method, plan["retention_budget"]).get("full")
-            for method in ("craft_f0.25", "craft_cache", "craft_cache_f0.25")
+            method: paired_differences(runs, method, plan["retention_budget"]).get("full") for method in CHEAP_METHODS
         },
     }
     (out / "study_summary.json").write_text(json.dumps(summary, indent=2))

@@ -142,8 +142,8 @@ def trained_state(ckpt: Path) -> dict[str, torch.Tensor]:
 
 @pytest.mark.parametrize(
     ("base_precision", "cheap"),
-    [("fp32", {}), ("bf16", {}), ("fp32", {"craft_retention_fraction": 0.5})],
-    ids=["fp32", "bf16", "retention_fraction"],
+    [("fp32", {}), ("bf16", {}), ("fp32", {"craft_retention_fraction": 0.5}), ("fp32", {"craft_slack_margin": 1.0})],
+    ids=["fp32", "bf16", "retention_fraction", "slack_margin"],
 )
 def test_resume_continues_exactly(
     base_precision: str, cheap: dict[str, float], tmp_path: Path, tiny_assets: tuple[Path, Path], tiny_libero: Path
@@ -151,7 +151,8 @@ def test_resume_continues_exactly(
     """Resuming at step 2 crosses the end of the warmup (step 3) and the decay boundary (step 4): every logged value,
     every trained tensor and the optimizer state equal those of the uninterrupted run, with fp32 or bf16 frozen
     weights (the trained tensors and the optimizer state are fp32 either way), and with L_ret from random subsets
-    (`--craft_retention_fraction`: the subsets are seeded by step, so a resumed run draws the same ones)."""
+    (`--craft_retention_fraction`: the subsets are seeded by step, so a resumed run draws the same ones), and with
+    slack steps (`--craft_slack_margin`: the last L_ret is in the checkpoint, so a resumed run skips the same steps)."""
     args = tiny_args(
         tiny_assets,
         tiny_libero,
@@ -168,6 +169,8 @@ def test_resume_continues_exactly(
     )
     train(FinetuneConfig(**args))
     rows_a = read_metrics(tmp_path / "a" / "tiny")
+    if "craft_slack_margin" in cheap:  # step 3 is slack by step 2's L_ret, which the resumed run must restore
+        assert [r[metrics.RET_GRAD_STEP] for r in rows_a] == [1.0, 0.0, 0.0, 1.0]
     assert [r[metrics.LR] for r in rows_a] == pytest.approx([1e-4, 4e-4, 7e-4, 1e-4])
     # Another run root with the step-2 checkpoint and the logs of all 4 steps (a crash after step 4 was logged but
     # before its checkpoint was complete), resumed through the CLI.
@@ -191,7 +194,8 @@ def test_resume_continues_exactly(
     rows_b = read_metrics(resumed_root / "tiny")
     assert [r["step"] for r in rows_b] == [1, 2, 3, 4]  # each step once
     for ra, rb in zip(rows_a, rows_b, strict=True):
-        for key in (metrics.LOSS, metrics.RET, metrics.LAMBDA_AFTER, metrics.GRAD_NORM, metrics.LR):
+        keys = (metrics.LOSS, metrics.RET, metrics.LAMBDA_AFTER, metrics.GRAD_NORM, metrics.LR, metrics.RET_GRAD_STEP)
+        for key in keys:
             assert ra[key] == pytest.approx(rb[key], abs=1e-6, rel=1e-6), (ra["step"], key)
     state_a, state_b = trained_state(tmp_path / "a" / "tiny--4_chkpt"), trained_state(resumed_root / "tiny--4_chkpt")
     assert state_a.keys() == state_b.keys()
@@ -410,6 +414,7 @@ def test_bad_inputs_fail_early_with_the_flag(tmp_path: Path, tiny_assets: tuple[
         ({"data_sharding": "frames"}, ValueError, "--data_sharding"),
         ({"craft_retention_fraction": 0.0}, ValueError, "--craft_retention_fraction must be > 0"),
         ({"craft_retention_fraction": 2.0}, ValueError, "--craft_retention_fraction must be <= 1"),
+        ({"craft_slack_margin": 1.5}, ValueError, "--craft_slack_margin must be <= 1"),
         (
             {"craft_cache_anchor_features": True},
             ValueError,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import runpy
 from pathlib import Path
 
 import pytest
@@ -86,3 +87,28 @@ def test_smoke_study_runs_end_to_end_and_reruns_without_training(tmp_path: Path)
 
     code, output = study(tmp_path, "--learning_rate", "0.002")
     assert code != 0 and "learning_rate" in output.strip().splitlines()[-1]
+
+
+def test_methods_may_join_a_planned_study_and_are_recorded_but_settings_may_not_change(tmp_path: Path) -> None:
+    """Which methods run is not part of the plan (budget, steps and seeds do not depend on it): an added method is
+    accepted and written into the plan with its date, once; a changed setting is still refused."""
+    study_module = runpy.run_path(str(SCRIPT))
+    config_type, make_plan, flag_values = (
+        study_module["StudyConfig"],
+        study_module["make_plan"],
+        study_module["flag_values"],
+    )
+    planned = config_type(run_root=tmp_path, cheap_modes=["craft_cache"], ablations=["no_dual"])
+    plan = {"settings": flag_values(planned), "retention_budget": 1.0}
+    (tmp_path / "study_plan.json").write_text(json.dumps(plan))
+    assert "methods_added" not in make_plan(planned)
+
+    later = config_type(run_root=tmp_path, cheap_modes=["craft_cache", "craft_cache_slack0.5"], ablations=["no_dual"])
+    for _ in range(2):  # the second time there is nothing new to record
+        assert make_plan(later)["retention_budget"] == 1.0
+    stored = json.loads((tmp_path / "study_plan.json").read_text())
+    assert [entry["cheap_modes"] for entry in stored["methods_added"]] == [["craft_cache_slack0.5"]]
+    assert stored["settings"] == plan["settings"]  # what was planned first stays as it was
+
+    with pytest.raises(SystemExit, match="steps"):
+        make_plan(config_type(run_root=tmp_path, steps=7))

@@ -20,7 +20,8 @@ Everything that could be tuned is fixed before any result is seen and written to
 steps, batch, learning rate, LoRA rank, seeds, and CRaFT's budget and dual step, which follow one stated rule from a
 pilot baseline (seed 0, not a study seed) whose only output used is its retention drift D: epsilon = 0.2 D,
 eta = 0.25 / D, and for the fixed-lambda ablation lambda = L_act / D (the pilot's final action loss over D). A rerun
-reuses the plan, skips finished runs and evaluations, and refuses a plan that changed.
+reuses the plan, skips finished runs and evaluations, and refuses a plan that changed; methods (`--ablations`,
+`--cheap_modes`) may be added later, and each addition is written into the plan with its date.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
 sys.path.insert(0, str(HERE.parent))  # craft_experiments/, for forgetting_study
 
+from prismatic.util.atomic_io import atomic_write_json  # noqa: E402
 from prismatic.util.cli import cli_entry, flag_values  # noqa: E402 (after the path setup, like the sweeps' helpers)
 
 DATASET = "libero_spatial_no_noops"
@@ -54,7 +56,10 @@ CHEAP = {
     "craft_f0.25": {"craft_retention_fraction": 0.25},
     "craft_cache": {"craft_cache_anchor_features": True},
     "craft_cache_f0.25": {"craft_cache_anchor_features": True, "craft_retention_fraction": 0.25},
+    # margin fixed at 0.5 (halfway to the budget) before any slack run
+    "craft_cache_slack0.5": {"craft_cache_anchor_features": True, "craft_slack_margin": 0.5},
 }
+RUN_SELECTION = ("ablations", "cheap_modes")  # which methods to run: not settings of the plan (see `make_plan`)
 BASELINE_MEASURE_FREQ = 5
 
 
@@ -242,13 +247,15 @@ def make_plan(cfg: StudyConfig) -> dict[str, Any]:
     settings = flag_values(cfg)
     if plan_file.is_file():
         plan = json.loads(plan_file.read_text())
-        if plan["settings"] != settings:
-            changed = sorted(key for key in settings if plan["settings"].get(key) != settings[key])
+        changed = sorted(
+            key for key in settings if key not in RUN_SELECTION and plan["settings"].get(key) != settings[key]
+        )
+        if changed:
             raise SystemExit(
                 f"study: {plan_file} was planned with other settings ({', '.join(changed)}); use another --run_root "
                 "or restore them"
             )
-        return plan
+        return record_added_methods(plan_file, plan, settings)
     from prismatic.training.metrics import read_metrics
 
     pilot = run_name("pilot", "full", cfg.pilot_seed)
@@ -271,8 +278,27 @@ def make_plan(cfg: StudyConfig) -> dict[str, Any]:
         "fixed_lambda": action_loss / drift,
         "written": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
-    plan_file.write_text(json.dumps(plan, indent=2))
+    atomic_write_json(plan_file, plan)
     return plan
+
+
+def record_added_methods(plan_file: Path, plan: dict[str, Any], settings: dict[str, Any]) -> dict[str, Any]:
+    """Methods beyond the plan's may join a study later: the plan's budget, steps and seeds do not depend on which
+    methods run, and every run uses them. Each addition is written into the plan with its date, so the tables' readers
+    can tell what was planned first from what came after."""
+    added = {
+        key: new
+        for key in RUN_SELECTION
+        if (new := [m for m in settings[key] if m not in plan["settings"][key] and m not in plan_additions(plan, key)])
+    }
+    if added:
+        plan.setdefault("methods_added", []).append({**added, "written": time.strftime("%Y-%m-%d %H:%M:%S")})
+        atomic_write_json(plan_file, plan)
+    return plan
+
+
+def plan_additions(plan: dict[str, Any], key: str) -> list[str]:
+    return [method for entry in plan.get("methods_added", []) for method in entry.get(key, [])]
 
 
 def planned_runs(cfg: StudyConfig) -> list[tuple[str, str, int]]:
@@ -320,8 +346,6 @@ def evaluate_run(cfg: StudyConfig, checkpoint: Path, vl_set: Any) -> dict[str, A
 
 def main_study(cfg: StudyConfig) -> None:
     from forgetting_study import VLHeldOutSet, write_study_results
-
-    from prismatic.util.atomic_io import atomic_write_json
 
     cfg.run_root.mkdir(parents=True, exist_ok=True)
     build_assets(cfg)

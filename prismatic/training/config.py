@@ -107,10 +107,12 @@ class FinetuneConfig:
     craft_anchor_layer_idx: int | None = CRAFT_DEFAULTS.anchor_layer_idx  # None = middle layer; negative = from end
     craft_cr_token_mode: str = CRAFT_DEFAULTS.cr_token_mode           # vision_only | vision_plus_prompt
     craft_projection_delta: float = CRAFT_DEFAULTS.projection_delta
-    # cheaper, opt-in: L_ret from this fraction of each micro-batch (unbiased; 1.0 = exact), and each frame's anchor
-    # features computed once (exact; needs --image_aug False)
+    # cheaper, opt-in: L_ret from this fraction of each micro-batch (unbiased; 1.0 = exact), each frame's anchor
+    # features computed once (exact; needs --image_aug False), and no retention gradient on steps where the constraint
+    # is slack (lambda = 0, previous L_ret <= margin x epsilon; 0 = exact)
     craft_retention_fraction: float = CRAFT_DEFAULTS.retention_fraction
     craft_cache_anchor_features: bool = CRAFT_DEFAULTS.cache_anchor_features
+    craft_slack_margin: float = CRAFT_DEFAULTS.slack_margin
     craft_measure_freq: int = 0             # baseline runs: measure CRaFT diagnostics every N steps (0 = never)
 
     # -- logging --------------------------------------------------------------------------------------------------

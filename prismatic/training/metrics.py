@@ -41,6 +41,7 @@ NUM_CONFLICTING = "CRaFT/Num Conflicting"
 NUM_BOTH = "CRaFT/Num Both"
 ACT_GRAD_NORM = "CRaFT/Action Grad Norm"
 RET_GRAD_NORM = "CRaFT/Retention Grad Norm"
+RET_GRAD_STEP = "CRaFT/Retention Grad Step"
 GUIDE_METRICS = (
     LOSS,
     CURR_L1,
@@ -77,6 +78,7 @@ def craft_metrics(stats: CRaFTStepStats, update_taken: bool = True) -> dict[str,
         NUM_BOTH: float(stats.num_both),
         ACT_GRAD_NORM: stats.act_grad_norm,
         RET_GRAD_NORM: stats.ret_grad_norm,
+        RET_GRAD_STEP: float(stats.retention_gradient),
     }
 
 
