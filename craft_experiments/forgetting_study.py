@@ -72,6 +72,11 @@ class StudyRun:
         tail = values[-max(1, len(values) // 5) :]
         return sum(tail) / len(tail)
 
+    def largest(self, metric: str) -> float | None:
+        """The largest value `metric` took over training."""
+        values = [row[metric] for row in self.rows if row.get(metric) is not None]
+        return max(values) if values else None
+
 
 def load_study_runs(root: Path) -> list[StudyRun]:
     runs = []
@@ -105,6 +110,7 @@ METRICS: dict[str, tuple[str, bool]] = {  # key -> (column header, shown as a pe
     "cka_raw_mid": ("CKA raw @ middle layer", False),
     "cka_aq_last": ("CKA AQ @ last layer", False),
     "retention_over_budget": ("L_ret / epsilon (end)", False),
+    "retention_max_over_budget": ("L_ret / epsilon (max)", False),
 }
 
 
@@ -126,6 +132,9 @@ def metric(run: StudyRun, key: str, budget: float) -> float | None:
         return queries[max(queries, key=int)]
     if key == "retention_over_budget":
         value = run.final("CRaFT/Retention Loss")
+        return value / budget if value is not None else None
+    if key == "retention_max_over_budget":
+        value = run.largest("CRaFT/Retention Loss")
         return value / budget if value is not None else None
     raise KeyError(key)
 
@@ -201,20 +210,22 @@ def retention_gradient_notes(runs: list[StudyRun], methods: list[str]) -> list[s
     return lines
 
 
-def paired_differences(runs: list[StudyRun], method: str, budget: float) -> dict[str, dict[str, Any]]:
-    """Per regime and metric: `method` minus the baseline of the same seed, with its mean and spread."""
+def paired_differences(
+    runs: list[StudyRun], method: str, budget: float, reference: str = "baseline"
+) -> dict[str, dict[str, Any]]:
+    """Per regime and metric: `method` minus `reference` of the same seed, with its mean and spread."""
     out: dict[str, dict[str, Any]] = {}
     for regime in REGIME_LABELS:
         by_seed = {
-            (run.method, run.seed): run for run in runs if run.regime == regime and run.method in ("baseline", method)
+            (run.method, run.seed): run for run in runs if run.regime == regime and run.method in (reference, method)
         }
-        seeds = sorted({seed for kind, seed in by_seed if kind == method and ("baseline", seed) in by_seed})
+        seeds = sorted({seed for kind, seed in by_seed if kind == method and (reference, seed) in by_seed})
         if not seeds:
             continue
         out[regime] = {}
         for key in ("vl_exact", "l1_trained", "l1_unseen", "cka_raw_mid"):
             deltas = [
-                metric(by_seed[(method, seed)], key, budget) - metric(by_seed[("baseline", seed)], key, budget)
+                metric(by_seed[(method, seed)], key, budget) - metric(by_seed[(reference, seed)], key, budget)
                 for seed in seeds
             ]
             out[regime][key] = {
@@ -306,6 +317,10 @@ def write_study_results(root: Path, out: Path) -> list[Path]:
         "craft_minus_baseline": paired_differences(runs, "craft", plan["retention_budget"]),
         "cheap_minus_baseline": {
             method: paired_differences(runs, method, plan["retention_budget"]).get("full") for method in CHEAP_METHODS
+        },
+        "cheap_minus_craft": {
+            method: paired_differences(runs, method, plan["retention_budget"], reference="craft").get("full")
+            for method in CHEAP_METHODS
         },
     }
     (out / "study_summary.json").write_text(json.dumps(summary, indent=2))

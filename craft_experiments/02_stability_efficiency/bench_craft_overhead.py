@@ -87,12 +87,12 @@ def run_worker(cfg: BenchCraftConfig) -> dict:
         pool.append(batch)
     stream = itertools.cycle(pool)
     rss_before = resident_memory_gb()
-    times, retention_gradient_steps = [], 0
+    times, with_retention_gradient = [], []
     for step in range(cfg.steps + 1):
         start = time.perf_counter()
         grads = compute_gradients(stepper, stream, step, measure=use_craft)
         if step > 0 and grads.craft_stats is not None:
-            retention_gradient_steps += grads.craft_stats.retention_gradient
+            with_retention_gradient.append(grads.craft_stats.retention_gradient)
         optimizer.step()
         if craft_step is not None:
             craft_step.commit()
@@ -108,7 +108,9 @@ def run_worker(cfg: BenchCraftConfig) -> dict:
         "step_s": round(sum(times) / len(times), 3),
         "peak_rss_gb": round(peak, 3),
         "training_rss_growth_gb": round(peak - rss_before, 3),
-        "timed_steps_with_retention_gradient": retention_gradient_steps if use_craft else None,
+        "step_times_s": [round(seconds, 3) for seconds in times],
+        "timed_steps_with_retention_gradient": sum(with_retention_gradient) if use_craft else None,
+        "retention_gradient_per_step": with_retention_gradient if use_craft else None,
     }
 
 
