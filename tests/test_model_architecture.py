@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -248,3 +249,31 @@ def test_training_noise_is_switchable() -> None:
     head.eval()
     torch.testing.assert_close(head(feats, proprio), head(feats, proprio))
     assert head(feats, proprio).shape == (2, 8, 7)
+
+
+def test_gradient_checkpointing_recomputes_to_the_same_gradients() -> None:
+    """`enable_gradient_checkpointing` turns on recomputation in the LLM and both ViTs (through the non-deprecated
+    transformers API) and changes neither the loss nor the gradients."""
+    from prismatic.assets.tiny_vlm import init_vlm
+    from prismatic.models.batch import random_batch
+
+    batch = random_batch(2, generator=torch.Generator().manual_seed(0))
+    results = []
+    for checkpointed in (False, True):
+        torch.manual_seed(0)  # the action head is initialised from the global generator
+        vlm = init_vlm(TINY, seed=0)
+        vlm.set_num_images(2)
+        policy = VLAAdapterPolicy(vlm, LIBERO_CONSTANTS).train()
+        if checkpointed:
+            with warnings.catch_warnings():
+                warnings.simplefilter("error", FutureWarning)  # no deprecated transformers API
+                vlm.enable_gradient_checkpointing()
+            assert any(getattr(module, "gradient_checkpointing", False) for module in vlm.language_model.modules())
+        loss = (policy(batch, noise_seed=0).actions - batch.actions).abs().mean()
+        loss.backward()
+        results.append((loss.detach(), [p.grad.clone() for p in policy.parameters() if p.grad is not None]))
+    (loss_plain, grads_plain), (loss_checkpointed, grads_checkpointed) = results
+    torch.testing.assert_close(loss_checkpointed, loss_plain)
+    assert len(grads_plain) == len(grads_checkpointed) > 0
+    for plain, checkpointed in zip(grads_plain, grads_checkpointed, strict=True):
+        torch.testing.assert_close(checkpointed, plain, rtol=1e-4, atol=1e-6)

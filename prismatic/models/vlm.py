@@ -106,7 +106,11 @@ class PrismaticVLM(nn.Module):
     def enable_gradient_checkpointing(self) -> None:
         """Recompute activations in the backward pass (LLM and both ViTs): less memory, ~30% more compute."""
         self.vision_backbone.set_grad_checkpointing(True)
-        self.language_model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        enable = getattr(self.language_model, "activation_checkpointing_enable", None)  # newer transformers 5.x name
+        if enable is not None:
+            enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            self.language_model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         self.language_model.config.use_cache = False
 
     # -- sequence assembly -----------------------------------------------------------------------------------
