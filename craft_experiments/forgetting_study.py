@@ -64,9 +64,13 @@ class StudyRun:
     result: dict[str, Any]
     rows: list[dict[str, Any]] = field(default_factory=list)
 
+    def logged(self, metric: str) -> list[float]:
+        """`metric` at every step that logged it."""
+        return [row[metric] for row in self.rows if row.get(metric) is not None]
+
     def final(self, metric: str) -> float | None:
         """Mean of `metric` over the last fifth of the steps that logged it."""
-        values = [row[metric] for row in self.rows if row.get(metric) is not None]
+        values = self.logged(metric)
         if not values:
             return None
         tail = values[-max(1, len(values) // 5) :]
@@ -74,8 +78,7 @@ class StudyRun:
 
     def largest(self, metric: str) -> float | None:
         """The largest value `metric` took over training."""
-        values = [row[metric] for row in self.rows if row.get(metric) is not None]
-        return max(values) if values else None
+        return max(self.logged(metric), default=None)
 
 
 def load_study_runs(root: Path) -> list[StudyRun]:
@@ -189,7 +192,7 @@ def study_tables(runs: list[StudyRun], plan: dict[str, Any], pretrained: dict[st
 
 def retention_gradient_share(run: StudyRun) -> float | None:
     """Fraction of a run's steps that computed the retention gradient (below 1 only in a slack mode)."""
-    flags = [row[RET_GRAD_STEP] for row in run.rows if RET_GRAD_STEP in row]
+    flags = run.logged(RET_GRAD_STEP)
     return sum(flags) / len(flags) if flags else None
 
 

@@ -286,19 +286,16 @@ def record_added_methods(plan_file: Path, plan: dict[str, Any], settings: dict[s
     """Methods beyond the plan's may join a study later: the plan's budget, steps and seeds do not depend on which
     methods run, and every run uses them. Each addition is written into the plan with its date, so the tables' readers
     can tell what was planned first from what came after."""
-    added = {
-        key: new
-        for key in RUN_SELECTION
-        if (new := [m for m in settings[key] if m not in plan["settings"][key] and m not in plan_additions(plan, key)])
-    }
+    additions = plan.get("methods_added", [])
+    added = {}
+    for key in RUN_SELECTION:
+        known = {*plan["settings"][key], *(method for entry in additions for method in entry.get(key, []))}
+        if new := [method for method in settings[key] if method not in known]:
+            added[key] = new
     if added:
-        plan.setdefault("methods_added", []).append({**added, "written": time.strftime("%Y-%m-%d %H:%M:%S")})
+        plan["methods_added"] = [*additions, {**added, "written": time.strftime("%Y-%m-%d %H:%M:%S")}]
         atomic_write_json(plan_file, plan)
     return plan
-
-
-def plan_additions(plan: dict[str, Any], key: str) -> list[str]:
-    return [method for entry in plan.get("methods_added", []) for method in entry.get(key, [])]
 
 
 def planned_runs(cfg: StudyConfig) -> list[tuple[str, str, int]]:

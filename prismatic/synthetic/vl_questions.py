@@ -37,6 +37,7 @@ from prismatic.synthetic.render import (
     wrist_camera,
 )
 from prismatic.synthetic.world import CATALOG, SUITES, TABLE_X, TABLE_Y, TABLE_Z, Entity, Placement, sample_scene
+from prismatic.util.atomic_io import atomic_write_with
 
 GENERATOR_VERSION = 1  # bump when the scenes or questions a spec produces change
 SPLITS = {"train": 0, "heldout": 1}
@@ -445,10 +446,7 @@ def load_or_build_scene_set(spec: VLSetSpec, cache_dir: str | Path | None = None
                 return VLSceneSet(spec, data["images"], questions)
     scene_set = build_scene_set(spec, num_workers)
     meta = {"spec": spec.to_dict(), "questions": [[asdict(q) for q in qs] for qs in scene_set.questions]}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.npz")
-    np.savez(tmp, images=scene_set.images, meta=np.array(json.dumps(meta)))
-    os.replace(tmp, path)
+    atomic_write_with(path, lambda handle: np.savez(handle, images=scene_set.images, meta=np.array(json.dumps(meta))))
     return scene_set
 
 
